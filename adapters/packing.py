@@ -26,7 +26,7 @@ autograd (policy) and under ``torch.no_grad()`` (reference, eval).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.evals.logps import PairLogps
 
 TRUNCATION_MODES = ("keep_start", "keep_end")
+MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take our 4D mask as given
 DEFAULT_TOKEN_BUDGET = 512
 DEFAULT_LOGIT_CHUNK = 1024
 
@@ -190,7 +191,7 @@ def _attention_mask(allowed, model):
     if implementation == "eager":
         dtype = next(model.parameters()).dtype
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    raise DpoPluginsError(
+    raise DpoPluginsError(  # the attention implementations of MASKED_ATTENTION are the ones handled above
         f"the packed forward needs attn_implementation 'sdpa' or 'eager', not {implementation!r} "
         "(load the model with attn_implementation='sdpa', or use the stock forward)"
     )
@@ -203,13 +204,16 @@ def pair_logps(
     truncation_mode: str = "keep_start",
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     logit_chunk: int = DEFAULT_LOGIT_CHUNK,
+    logps_dtype=None,
 ) -> PairLogps:
     """Per-pair completion log-prob sums of ``model`` on tokenized ``pairs`` (the packed, prefix-shared way).
 
     ``pairs`` are dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids``
     (as TRL's ``DPOTrainer`` tokenizes them). Gradients flow when called
     under autograd. Equal to the plain two-row computation (within float32
-    rounding); see tests/test_packing.py.
+    rounding); see tests/test_packing.py. ``logps_dtype`` (without gradient
+    only): the dtype of the log-softmax and the sums, e.g. ``torch.float64``
+    as the plain eval path uses (default: the model's).
     """
     blocks, lengths = [], []
     for index, pair in enumerate(pairs):
@@ -217,7 +221,7 @@ def pair_logps(
         rejected_ids, rejected_mask = truncate(pair["prompt_ids"], pair["rejected_ids"], max_length, truncation_mode)
         blocks += sequence_blocks(index, chosen_ids, chosen_mask, rejected_ids, rejected_mask)
         lengths.append((sum(chosen_mask), sum(rejected_mask)))
-    return blocks_logps(model, blocks, lengths, token_budget, logit_chunk)
+    return blocks_logps(model, blocks, lengths, token_budget, logit_chunk, logps_dtype=logps_dtype)
 
 
 def collated_pair_logps(model, batch, token_budget: int = DEFAULT_TOKEN_BUDGET, logit_chunk: int = DEFAULT_LOGIT_CHUNK, token_sums: bool = False):
@@ -238,7 +242,8 @@ def collated_pair_logps(model, batch, token_budget: int = DEFAULT_TOKEN_BUDGET, 
     return blocks_logps(model, blocks, lengths, token_budget, logit_chunk, token_sums)
 
 
-def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logit_chunk=DEFAULT_LOGIT_CHUNK, token_sums=False):
+def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logit_chunk=DEFAULT_LOGIT_CHUNK, token_sums=False,
+                 logps_dtype=None):
     """Run the packed rows through ``model`` and sum the target log-probs per pair and side.
 
     With ``token_sums``: ``(PairLogps, TokenSums)``.
@@ -260,12 +265,12 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
         target_ids += [t for b in row for _, t, _ in b.targets]
         owners += [2 * b.pair + side for b in row for _, _, side in b.targets]
     head = model.get_output_embeddings()
-    sums = head.weight.new_zeros(2 * n_pairs)
+    sums = head.weight.new_zeros(2 * n_pairs, dtype=logps_dtype or head.weight.dtype)
     owner_index = torch.tensor(owners, dtype=torch.long, device=device)
     stats = [] if token_sums else None
     if hidden:
         targets = torch.tensor(target_ids, device=device)
-        logps = target_logprobs(torch.cat(hidden), head.weight, head.bias, targets, logit_chunk, stats)
+        logps = target_logprobs(torch.cat(hidden), head.weight, head.bias, targets, logit_chunk, stats, logps_dtype)
         sums = sums.index_add(0, owner_index, logps)
     elif torch.is_grad_enabled() and head.weight.requires_grad:
         # Nothing to score (every completion truncated away): still a differentiable zero, as TRL returns.
@@ -286,30 +291,46 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
 
 def _check_head(model) -> None:
     """Refuse models whose logits are not ``lm_head(hidden)``, rather than compute different numbers."""
+    reason = _head_problem(model)
+    if reason:
+        raise DpoPluginsError(f"{reason}; use the stock forward for this model")
+
+
+def _head_problem(model) -> Optional[str]:
     config = model.config.get_text_config()
     for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
         value = getattr(config, name, None)
         if value not in (None, 1, 1.0):
-            raise DpoPluginsError(
-                f"the packed forward computes logits as lm_head(hidden) and cannot apply {name}={value!r} "
-                f"of {type(model).__name__}; use the stock forward for this model"
-            )
+            return (f"the packed forward computes logits as lm_head(hidden) and cannot apply {name}={value!r} "
+                    f"of {type(model).__name__}")
+    return None
 
 
-def target_logprobs(hidden, weight, bias, targets, chunk: int = DEFAULT_LOGIT_CHUNK, stats=None):
+def unsupported_reason(model) -> Optional[str]:
+    """Why the packed forward cannot serve ``model`` (``None`` when it can): callers then use the stock forward."""
+    implementation = model.config._attn_implementation
+    if implementation not in MASKED_ATTENTION:
+        return f"the packed forward needs attn_implementation 'sdpa' or 'eager', not {implementation!r}"
+    return _head_problem(model)
+
+
+def target_logprobs(hidden, weight, bias, targets, chunk: int = DEFAULT_LOGIT_CHUNK, stats=None, dtype=None):
     """``log_softmax(hidden @ weight.T + bias)[i, targets[i]]`` without holding all the logits.
 
     When ``stats`` is a list, ``(entropy, mean_logits, is_top1)`` of each chunk is appended to it.
+    ``dtype`` (without gradient only): the log-softmax's dtype (default: the logits').
     """
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        if dtype is not None:
+            raise DpoPluginsError("a log-softmax dtype is for scoring without gradient")
         return _TargetLogProbs.apply(hidden, weight, bias, targets, chunk, stats)
-    return _forward_chunks(hidden, weight, bias, targets, chunk, stats)
+    return _forward_chunks(hidden, weight, bias, targets, chunk, stats, dtype)
 
 
-def _forward_chunks(hidden, weight, bias, targets, chunk, stats):
+def _forward_chunks(hidden, weight, bias, targets, chunk, stats, dtype=None):
     out = []
     for h, t in _chunks(hidden, targets, chunk):
-        logps, logits, lse = _chunk_logprobs(h, weight, bias, t)
+        logps, logits, lse = _chunk_logprobs(h, weight, bias, t, dtype)
         out.append(logps)
         if stats is not None:
             with torch.no_grad():
@@ -323,8 +344,10 @@ def _chunks(hidden, targets, chunk):
     return [(hidden[s : s + chunk], targets[s : s + chunk]) for s in range(0, hidden.shape[0], chunk)]
 
 
-def _chunk_logprobs(hidden, weight, bias, targets):
+def _chunk_logprobs(hidden, weight, bias, targets, dtype=None):
     logits = F.linear(hidden, weight, bias)
+    if dtype is not None:
+        logits = logits.to(dtype)
     lse = logits.logsumexp(dim=-1)
     return logits.gather(1, targets[:, None])[:, 0] - lse, logits, lse
 

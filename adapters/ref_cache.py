@@ -8,7 +8,7 @@ across epochs, across runs that only change β or the loss, and by ``dpo
 eval``, while a change to any of them gives a new key.
 
 An entry is one safetensors file (never pickle): ``chosen`` and ``rejected``
-float32 tensors of shape ``(N,)`` plus metadata holding the full key and a
+float64 tensors of shape ``(N,)`` plus metadata holding the full key and a
 SHA-256 of the tensor bytes. A file whose metadata does not match the key,
 whose checksum does not match its contents, or that cannot be parsed is
 reported and recomputed, never reused. Writes go to a temporary file renamed
@@ -32,7 +32,7 @@ from dpo_plugins.adapters.models import cache_dir
 from dpo_plugins.adapters.packing import pair_logps
 
 logger = logging.getLogger("dpo_plugins.ref_cache")
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: float64 sums (1 held float32)
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ class RefLogpsCache:
         """Write one entry atomically (temporary file, then rename)."""
         from safetensors.torch import save_file
 
-        chosen = chosen.detach().to("cpu", torch.float32).contiguous()
-        rejected = rejected.detach().to("cpu", torch.float32).contiguous()
+        chosen = chosen.detach().to("cpu", torch.float64).contiguous()
+        rejected = rejected.detach().to("cpu", torch.float64).contiguous()
         metadata = {"key": json.dumps(asdict(key), sort_keys=True), "sha256": _checksum(chosen, rejected)}
         self.root.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=".ref-logps-", suffix=".tmp", dir=self.root)
@@ -162,8 +162,8 @@ def _problem(metadata: dict, key: RefCacheKey, chosen, rejected, n_pairs: int) -
         return "its key does not match (different data, model, tokenizer or truncation)"
     if chosen.shape != (n_pairs,) or rejected.shape != (n_pairs,):
         return f"it holds {tuple(chosen.shape)} values for {n_pairs} pairs"
-    if chosen.dtype != torch.float32 or rejected.dtype != torch.float32:
-        return "its tensors are not float32"
+    if chosen.dtype != torch.float64 or rejected.dtype != torch.float64:
+        return "its tensors are not float64"
     if metadata.get("sha256") != _checksum(chosen, rejected):
         return "its checksum does not match its contents"
     return None
@@ -177,22 +177,26 @@ def reference_logps(
     truncation_mode: str = "keep_start",
     batch_size: int = 8,
     cache: Optional[RefLogpsCache] = None,
+    compute: Optional[Callable[[], tuple]] = None,
 ):
-    """``(chosen, rejected, hit)``: reference log-prob sums of ``pairs``, from the cache when valid.
+    """``(chosen, rejected, hit)``: float64 reference log-prob sums of ``pairs``, from the cache when valid.
 
-    Computed with the packed forward, without gradients, ``batch_size`` pairs
-    at a time; the results do not depend on ``batch_size``.
+    On a miss they come from ``compute()`` (default: the packed forward
+    without gradient, ``batch_size`` pairs at a time, the log-softmax in
+    float64 as the eval's plain path does) and are stored. The results do
+    not depend on ``batch_size``.
     """
     cache = cache or RefLogpsCache()
     key = make_key(pairs, model, tokenizer, max_length, truncation_mode)
 
-    def compute():
+    def packed():
         chosen, rejected = [], []
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
-                out = pair_logps(model, pairs[start : start + batch_size], max_length, truncation_mode)
+                out = pair_logps(model, pairs[start : start + batch_size], max_length, truncation_mode,
+                                 logps_dtype=torch.float64)
                 chosen.append(out.chosen.cpu())
                 rejected.append(out.rejected.cpu())
         return torch.cat(chosen), torch.cat(rejected)
 
-    return cache.get_or_compute(key, len(pairs), compute)
+    return cache.get_or_compute(key, len(pairs), compute or packed)

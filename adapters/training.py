@@ -34,6 +34,8 @@ def run_training(settings) -> Path:
     problems = unsupported_options(args, terms, options.ref_model is not None)
     if problems:
         raise DpoPluginsError("unsupported option combination:\n" + "\n".join(problems))
+    if args.precompute_ref_log_probs is None:
+        args.precompute_ref_log_probs = precompute_by_default(terms, args, options)
     resume = _resume_checkpoint(args)
     train_rows = read_trl_rows(options.data, options.from_format)
     eval_rows = read_trl_rows(options.eval_data, options.from_format) if options.eval_data else None
@@ -53,6 +55,19 @@ def run_training(settings) -> Path:
         trainer.save_metrics("eval", metrics)
     trainer.save_state()
     return Path(args.output_dir)
+
+
+def precompute_by_default(terms, args, options) -> bool:
+    """Whether ``dpo train`` computes the reference log-probs once, before training, when not told.
+
+    Yes whenever the losses use a fixed reference and the packed forward
+    runs: the reference is then one no-grad pass over the data, stored in
+    the on-disk cache (:mod:`.ref_cache`) and read back by later runs (a β
+    or loss sweep) instead of a reference forward in every step. No with
+    ``--trl-forward`` (stock TRL's default), with ``sync_ref_model`` (the
+    reference moves), or with reference-free losses.
+    """
+    return any(term.needs_reference for term in terms) and not args.sync_ref_model and not options.trl_forward
 
 
 def _check_combinations(options, args) -> None:
@@ -156,6 +171,7 @@ def _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args):
             peft_config=_lora_config(options) if options.lora else None,
             loss_params=options.loss_param,
             check_reference=not explicit_other_reference,
+            packed_forward=not options.trl_forward,
         )
     except (ValueError, NotImplementedError) as error:
         raise DpoPluginsError(f"TRL rejected this configuration: {error}") from None

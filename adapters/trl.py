@@ -38,6 +38,8 @@ from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.plugins import get_loss
 from dpo_plugins.specs import LossBatch
 
+from .packing import unsupported_reason
+
 SUPPORTED_TRL = ">=1.16,<1.17"
 LN2 = math.log(2)
 logger = logging.getLogger("dpo_plugins.train")
@@ -284,7 +286,8 @@ class PluginDPOTrainer(DPOTrainer):
     def _precompute_ref_logps(self, dataset, name, batch_size):
         if not self.needs_reference:
             return dataset
-        if not self._packs(self.ref_model or self.model):
+        if self.is_deepspeed_enabled or not self._packs(self.ref_model or self.model):
+            # DeepSpeed places and gathers the weights in an engine of TRL's making: TRL's precompute.
             return super()._precompute_ref_logps(dataset, name, batch_size)
         from dpo_plugins.adapters.ref_cache import reference_logps
 
@@ -301,13 +304,14 @@ class PluginDPOTrainer(DPOTrainer):
         """Whether the packed forward serves ``model`` here (else TRL's forward does, with the same numbers).
 
         It needs the bare model (a DDP / FSDP / DeepSpeed wrapper must see its
-        own forward), SDPA or eager attention, and no MoE auxiliary loss.
+        own forward), no MoE auxiliary loss, and a model it supports
+        (:func:`~dpo_plugins.adapters.packing.unsupported_reason`).
         """
         if not self.packed_forward or self.aux_loss_enabled:
             return False
         if model is not self.accelerator.unwrap_model(model):
             return False
-        return model.config._attn_implementation in ("sdpa", "eager")
+        return unsupported_reason(model) is None
 
     # -- the one overridable forward -------------------------------------
 

@@ -61,6 +61,11 @@ class TrainOptions:
     )
     sft_epochs: float = field(default=1.0, metadata={"help": "epochs of the --sft-first stage"})
     sft_learning_rate: float = field(default=2e-5, metadata={"help": "learning rate of the --sft-first stage"})
+    trl_forward: bool = field(
+        default=False,
+        metadata={"help": "use TRL's own two-row forward and its per-step reference instead of the packed, "
+                          "prefix-shared forward and the cached reference (same numbers, slower)"},
+    )
 
 
 OPTION_FIELDS = {f.name: f for f in dataclasses.fields(TrainOptions)}
@@ -187,6 +192,9 @@ def build_settings(args, extra: list[str]) -> Settings:
     dpo_defaults.setdefault("bf16", gpu)  # fp32 on CPU, bf16 on GPU unless told otherwise
     # On a CPU-only machine say so: under `accelerate launch` the processes then join a gloo group.
     dpo_defaults.setdefault("use_cpu", not gpu)
+    # None = not set by the user: run_training decides once the losses are known
+    # (reference log-probs computed once and cached on disk when the losses use a reference).
+    dpo_defaults.setdefault("precompute_ref_log_probs", None)
     problems += _apply_hosted(hosted, dpo_defaults, where)
     if problems:
         raise DpoPluginsError("\n".join(problems))

@@ -7,11 +7,14 @@ call it (or the pieces in :mod:`.reward_accuracy`, :mod:`.winrate`,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from dpo_plugins.errors import DpoPluginsError
+
+logger = logging.getLogger("dpo_plugins.eval")
 
 
 @dataclass
@@ -25,6 +28,8 @@ class EvalRequest:
     max_length: int | None = 1024
     truncation_mode: str = "keep_start"
     batch_size: int = 8
+    forward: str = "packed"
+    ref_cache: bool = True
     judge: str | None = None
     judge_params: dict = field(default_factory=dict)
     baseline: str | None = None
@@ -41,7 +46,7 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     from dpo_plugins.adapters.tokenization import explicit_prompt, prompt_dropped, tokenize_pair
 
     from .distributed import is_main_process, process_info, wait_for_everyone
-    from .reward_accuracy import SelfReferenceError, reward_metrics, score_pairs
+    from .reward_accuracy import SelfReferenceError, check_not_self_reference, reward_metrics, score_pairs
     from .report import write_report
 
     if request.reward_mode == "dpo" and request.ref is None:
@@ -64,10 +69,14 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
         if not prompt_dropped(pair, request.max_length, request.truncation_mode):
             pairs.append(pair)
             kept.append(index)
-    scores = score_pairs(policy, pairs, reference=reference,
+    reference_logps = None
+    if reference is not None and request.ref_cache and request.forward == "packed":
+        check_not_self_reference(policy, reference, request.allow_self_reference)  # before the reference's pass
+        reference_logps = _cached_reference_logps(request, reference, tokenizer, pairs)
+    scores = score_pairs(policy, pairs, reference=reference, reference_logps=reference_logps,
                          mode=request.reward_mode, allow_self_reference=request.allow_self_reference,
                          max_length=request.max_length, truncation_mode=request.truncation_mode,
-                         batch_size=request.batch_size, progress=request.progress)
+                         batch_size=request.batch_size, progress=request.progress, forward=request.forward)
     metrics = reward_metrics(scores.chosen_scores, scores.rejected_scores)
     metrics.update({
         "n_dropped": len(request.rows) - len(pairs), "reward_mode": request.reward_mode,
@@ -84,6 +93,28 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
         write_report(report_dir, metrics, pair_rows, generation_rows)
     wait_for_everyone()
     return metrics
+
+
+def _cached_reference_logps(request: EvalRequest, reference, tokenizer, pairs) -> tuple:
+    """The reference's ``(chosen, rejected)`` sums through the disk cache that ``dpo train`` fills.
+
+    The key is the tokenized pairs, the reference weights, the tokenizer and
+    the truncation, so a training run's eval data, or an earlier eval of
+    another policy against the same reference, is not recomputed.
+    """
+    from dpo_plugins.adapters.ref_cache import reference_logps
+
+    from .logps import pair_logps
+
+    def compute():
+        out = pair_logps(reference, pairs, request.max_length, request.truncation_mode, request.batch_size,
+                         request.progress, "reference log-probs", forward="packed")
+        return out.chosen, out.rejected
+
+    chosen, rejected, hit = reference_logps(reference, tokenizer, pairs, request.max_length,
+                                            request.truncation_mode, compute=compute)
+    logger.info("reference log-probs: %s", "read from the cache" if hit else "computed and cached")
+    return chosen, rejected
 
 
 def adapter_base(model: str) -> str | None:

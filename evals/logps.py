@@ -1,21 +1,34 @@
-"""Per-pair completion log-probs, the plain two-row way.
+"""Per-pair completion log-probs without gradient, for scoring held-out pairs.
 
-Each pair becomes two rows, ``prompt + chosen`` and ``prompt + rejected``,
-truncated per sequence exactly as TRL's ``DataCollatorForPreference`` does,
-right-padded and run through the model in length-sorted batches without
-gradient. This is RewardBench's and TRL's computation; the packed,
-prefix-shared forward in ``adapters/packing.py`` has the same signature and
-must return the same numbers.
+Two forwards give the same numbers:
+
+- ``packed`` (the default): :mod:`dpo_plugins.adapters.packing`, one
+  prefix-shared ``[prompt | chosen | rejected]`` block per pair, packed
+  without padding, the LM head only where a completion token is predicted.
+- ``plain``: each pair as two rows, ``prompt + chosen`` and ``prompt +
+  rejected``, right-padded and run in length-sorted batches, the
+  log-softmax in float64. This is RewardBench's and TRL's computation, kept
+  as the reference the packed one is tested against.
+
+Both truncate exactly as TRL's ``DataCollatorForPreference`` does, and both
+split their batches over the processes of ``accelerate launch``. A model the
+packed forward cannot serve (:func:`~dpo_plugins.adapters.packing.
+unsupported_reason`) is scored the plain way, with a log line saying why.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from dpo_plugins.adapters.tokenization import check_truncation_mode
+from dpo_plugins.errors import DpoPluginsError
 
 from .distributed import is_main_process, local_share, map_shared
+
+logger = logging.getLogger("dpo_plugins.eval")
+FORWARDS = ("packed", "plain")
 
 
 @dataclass(frozen=True)
@@ -23,8 +36,9 @@ class PairLogps:
     """Float tensors of shape ``(B,)``, in the order the pairs were given.
 
     ``chosen`` / ``rejected``: sums of log-probs over the completion tokens
-    that survive TRL's truncation (float64: float32 loses ~1e-4 on a sum of
-    a thousand tokens). ``chosen_lengths`` / ``rejected_lengths``:
+    that survive TRL's truncation (float64 from :func:`pair_logps`; the
+    packed forward sums in the model's dtype, the plain one in float64).
+    ``chosen_lengths`` / ``rejected_lengths``:
     how many completion tokens survive (TRL's count, which IPO divides by).
     """
 
@@ -52,18 +66,51 @@ def pair_logps(
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "log-probs",
+    forward: str = "packed",
 ) -> PairLogps:
     """Completion log-prob sums of every tokenized pair under ``model``.
 
     ``pairs`` are dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids``
-    (see :func:`dpo_plugins.adapters.tokenization.tokenize_pair`). Pairs are
-    sorted by length so each batch pads little; results come back in input
-    order. The model runs in whatever dtype it was loaded in (float32 on CPU).
+    (see :func:`dpo_plugins.adapters.tokenization.tokenize_pair`); results
+    come back in input order. ``batch_size`` is pairs per batch (``packed``)
+    or sequences per batch (``plain``); it changes memory, not results. The
+    model runs in whatever dtype it was loaded in (float32 on CPU).
     """
-    import torch
-    from tqdm.auto import tqdm
-
     check_truncation_mode(truncation_mode)
+    if forward not in FORWARDS:
+        raise DpoPluginsError(f"forward {forward!r}: expected one of {', '.join(FORWARDS)}")
+    if forward == "packed":
+        from dpo_plugins.adapters.packing import unsupported_reason
+
+        reason = unsupported_reason(model)
+        if reason is None:
+            return _packed_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc)
+        logger.info("%s: scoring the plain way", reason)
+    return _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc)
+
+
+def _packed_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:
+    import torch
+
+    from dpo_plugins.adapters.packing import pair_logps as packed_pair_logps
+
+    batches = [list(range(start, min(start + batch_size, len(pairs)))) for start in range(0, len(pairs), batch_size)]
+    results = _map_batches(
+        batches,
+        lambda batch: packed_pair_logps(model, [pairs[i] for i in batch], max_length, truncation_mode,
+                                        logps_dtype=torch.float64),
+        progress,
+        desc,
+    )
+    fields = [torch.cat([getattr(r, name).cpu() for r in results]) if results else torch.zeros(0, dtype=dtype)
+              for name, dtype in (("chosen", torch.float64), ("rejected", torch.float64),
+                                  ("chosen_lengths", torch.float32), ("rejected_lengths", torch.float32))]
+    return PairLogps(*fields)
+
+
+def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:
+    import torch
+
     rows = []
     for pair in pairs:
         for key in ("chosen_ids", "rejected_ids"):
@@ -73,19 +120,29 @@ def pair_logps(
     lengths = torch.zeros(len(rows), dtype=torch.float32)
     device = next(model.parameters()).device
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    results = _map_batches(batches, lambda batch: _row_logps(model, [rows[i] for i in batch], device).cpu(), progress, desc)
+    for batch, batch_sums in zip(batches, results):
+        sums[batch] = batch_sums
+        lengths[batch] = torch.tensor([float(sum(rows[i][1])) for i in batch])
+    return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_lengths=lengths[0::2], rejected_lengths=lengths[1::2])
+
+
+def _map_batches(batches, work, progress, desc) -> list:
+    """``[work(b) for b in batches]`` without gradient, split under accelerate launch, with a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=local_share(len(batches)), desc=desc, disable=not progress or not is_main_process(), unit="batch")
 
     def run_batch(batch):
         with torch.no_grad():
-            result = _row_logps(model, [rows[i] for i in batch], device).cpu()
+            result = work(batch)
         bar.update(1)
         return result
 
-    for batch, batch_sums in zip(batches, map_shared(batches, run_batch)):  # split under accelerate launch
-        sums[batch] = batch_sums
-        lengths[batch] = torch.tensor([float(sum(rows[i][1])) for i in batch])
+    results = map_shared(batches, run_batch)
     bar.close()
-    return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_lengths=lengths[0::2], rejected_lengths=lengths[1::2])
+    return results
 
 
 def _row_logps(model, rows, device):

@@ -127,14 +127,18 @@ def score_pairs(
     mode: str = "dpo",
     allow_self_reference: bool = False,
     logps_fn=pair_logps,
+    reference_logps=None,
     **logps_kwargs,
 ) -> PairScores:
     """Implicit rewards of tokenized pairs (see :func:`~.logps.pair_logps` for ``logps_kwargs``).
 
     ``pairs`` come from :func:`dpo_plugins.adapters.tokenization.tokenize_pair`;
     the caller drops those TRL would drop (``prompt_dropped``). ``logps_fn``
-    is any function with :func:`~.logps.pair_logps`'s signature and result,
-    e.g. the prefix-shared packed forward.
+    is any function with :func:`~.logps.pair_logps`'s signature and result.
+    ``reference_logps``: the reference's ``(chosen, rejected)`` sums when
+    already known (e.g. from the disk cache of
+    :mod:`dpo_plugins.adapters.ref_cache`); the reference model is then not
+    run, only checked against self-reference.
     """
     if mode not in MODES:
         raise DpoPluginsError(f"reward mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -146,9 +150,12 @@ def score_pairs(
     policy_logps = logps_fn(policy, pairs, desc="policy log-probs", **logps_kwargs)
     scores = _scores_from(policy_logps, mode)
     if mode == "dpo":
-        ref_logps = logps_fn(reference, pairs, desc="reference log-probs", **logps_kwargs)
-        scores.chosen_logratios = _floats(policy_logps.chosen - ref_logps.chosen)
-        scores.rejected_logratios = _floats(policy_logps.rejected - ref_logps.rejected)
+        if reference_logps is None:
+            computed = logps_fn(reference, pairs, desc="reference log-probs", **logps_kwargs)
+            reference_logps = computed.chosen, computed.rejected
+        ref_chosen, ref_rejected = reference_logps
+        scores.chosen_logratios = _floats(policy_logps.chosen - ref_chosen)
+        scores.rejected_logratios = _floats(policy_logps.rejected - ref_rejected)
         scores.chosen_scores, scores.rejected_scores = scores.chosen_logratios, scores.rejected_logratios
     return scores
 

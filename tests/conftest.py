@@ -128,3 +128,19 @@ def example_plugin_site(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(source)], check=True, capture_output=True)
     return site
+
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """Counts the trainer's packed forwards (``collated_pair_logps`` calls); the calls still run."""
+    from dpo_plugins.adapters import packing
+
+    calls = []
+    original = packing.collated_pair_logps
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(packing, "collated_pair_logps", counting)
+    return calls

@@ -55,7 +55,7 @@ def test_eval_writes_the_report_with_exact_numbers(run_dpo, models, data, tmp_pa
     assert metrics["n_pairs"] == 4 and metrics["judge"] == "exact-match"
     assert metrics["wins"] + metrics["losses"] + metrics["ties"] == 3  # distinct prompts
     assert metrics["lc_win_rate"] is None and "fewer than 20" in metrics["lc_win_rate_note"]
-    lines = [json.loads(line) for line in (report / "pairs.jsonl").read_text().splitlines()]
+    lines = pair_lines(report)
     assert len(lines) == 4
 
     load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # noqa: E731
@@ -78,6 +78,43 @@ def dpo(capsys, *args):
 
     code = main([str(arg) for arg in args])
     return code, capsys.readouterr().err
+
+
+def pair_lines(report):
+    return [json.loads(line) for line in (report / "pairs.jsonl").read_text().splitlines()]
+
+
+def test_the_reference_is_read_from_the_cache_and_both_forwards_agree(run_dpo, models, data, tmp_path):
+    env = {"DPO_PLUGINS_CACHE": str(tmp_path / "cache")}
+    args = ["eval", "--model", models["policy"], "--ref", models["ref"], "--data", data, "--no-progress", "--report"]
+    runs = {name: run_dpo(*args, tmp_path / name, *extra, env=env) for name, extra in (
+        ("first", []), ("cached", []), ("plain", ["--forward", "plain", "--no-ref-cache"]))}
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+    assert "reference log-probs: computed and cached" in runs["first"].stderr
+    assert "reference log-probs: read from the cache" in runs["cached"].stderr
+    assert "reference log-probs:" not in runs["plain"].stderr
+    assert len(list((tmp_path / "cache" / "ref-logps").iterdir())) == 1
+    assert (tmp_path / "cached" / "pairs.jsonl").read_bytes() == (tmp_path / "first" / "pairs.jsonl").read_bytes()
+    packed, plain = pair_lines(tmp_path / "first"), pair_lines(tmp_path / "plain")
+    for side in ("chosen_logratio", "rejected_logratio", "chosen_logps", "rejected_logps"):
+        assert [line[side] for line in packed] == pytest.approx([line[side] for line in plain], abs=1e-6, rel=0)
+    assert [line["correct"] for line in packed] == [line["correct"] for line in plain]
+
+
+def test_dpo_eval_reads_the_reference_that_dpo_train_cached(run_dpo, models, data, tmp_path):
+    env = {"DPO_PLUGINS_CACHE": str(tmp_path / "cache")}
+    held_out = tmp_path / "held-out.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in ROWS[1:]))
+    trained = run_dpo("train", "--model", models["ref"], "--data", data, "--eval-data", held_out, "--output-dir",
+                      tmp_path / "out", "--max-steps", "1", "--per-device-train-batch-size", "2", "--save-strategy",
+                      "no", "--learning-rate", "1e-2", "--disable-tqdm", "true", env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert "reference log-probs for eval: computed and cached" in trained.stderr
+    scored = run_dpo("eval", "--model", tmp_path / "out", "--ref", models["ref"], "--data", held_out, "--no-progress",
+                     "--report", tmp_path / "report", env=env)
+    assert scored.returncode == 0, scored.stderr
+    assert "reference log-probs: read from the cache" in scored.stderr
 
 
 def test_bad_data_lists_every_problem_and_writes_nothing(capsys, models, tmp_path):

@@ -41,8 +41,10 @@ def test_two_processes_give_identical_results(tmp_path, tokenizer):
     }
     outputs = {}
     for name, command in commands.items():
-        result = subprocess.run(command + [str(a) for a in args] + [tmp_path / name], env=env, capture_output=True,
-                                text=True, timeout=600)
+        # Each run its own reference cache, so both compute (and the two processes share one entry).
+        result = subprocess.run(command + [str(a) for a in args] + [tmp_path / name],
+                                env={**env, "DPO_PLUGINS_CACHE": str(tmp_path / f"cache-{name}")},
+                                capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[name] = result.stdout
     assert outputs["two"].count('"n_pairs": 7') == 1  # only the main process reports
@@ -51,3 +53,4 @@ def test_two_processes_give_identical_results(tmp_path, tokenizer):
     one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
     assert (one.pop("processes"), two.pop("processes")) == (1, 2)
     assert one == two and one["n_pairs"] == 7
+    assert len(list((tmp_path / "cache-two" / "ref-logps").iterdir())) == 1

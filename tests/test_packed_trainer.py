@@ -10,21 +10,6 @@ import pytest
 from test_train import dpo_config, make_trainer, step_losses
 
 
-@pytest.fixture
-def packed_calls(monkeypatch):
-    from dpo_plugins.adapters import packing
-
-    calls = []
-    original = packing.collated_pair_logps
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(packing, "collated_pair_logps", counting)
-    return calls
-
-
 def test_packed_is_the_default_and_losses_equal_stock_trl(tokenizer, tmp_path, packed_calls):
     from trl import DPOTrainer
 

@@ -245,6 +245,20 @@ def test_equal_to_the_evals_plain_two_row_implementation(trl_pairs, tokenizer, m
     model = build_tiny_model(tokenizer, seed=6).eval()
     with torch.no_grad():
         packed = packing.pair_logps(model, trl_pairs, max_length, truncation_mode)
-        plain = logps.pair_logps(model, trl_pairs, max_length, truncation_mode)
+        plain = logps.pair_logps(model, trl_pairs, max_length, truncation_mode, forward="plain")
     assert isinstance(packed, logps.PairLogps)
     assert_same(packed, logps.PairLogps(*(t.float() for t in (plain.chosen, plain.rejected, plain.chosen_lengths, plain.rejected_lengths))))
+
+
+def test_float64_scoring_matches_the_plain_path_and_is_refused_under_gradient(trl_pairs, tokenizer):
+    from dpo_plugins.evals import logps
+
+    model = build_tiny_model(tokenizer, seed=8)
+    with torch.no_grad():
+        packed = packing.pair_logps(model, trl_pairs, logps_dtype=torch.float64)
+        plain = logps.pair_logps(model, trl_pairs, forward="plain")
+    assert packed.chosen.dtype == torch.float64
+    torch.testing.assert_close(packed.chosen, plain.chosen, rtol=0, atol=1e-6)
+    torch.testing.assert_close(packed.rejected, plain.rejected, rtol=0, atol=1e-6)
+    with pytest.raises(DpoPluginsError, match="without gradient"):
+        packing.pair_logps(model, trl_pairs, logps_dtype=torch.float64)

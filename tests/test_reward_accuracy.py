@@ -9,7 +9,7 @@ import pytest
 from conftest import build_tiny_model
 from dpo_plugins.adapters.tokenization import prompt_dropped, tokenize_pair
 from dpo_plugins.errors import DpoPluginsError
-from dpo_plugins.evals.logps import pair_logps
+from dpo_plugins.evals.logps import FORWARDS, pair_logps
 from dpo_plugins.evals.reward_accuracy import SelfReferenceError, reward_metrics, score_pairs
 from hh_test_rows import hh_rows
 
@@ -57,11 +57,12 @@ def tiny_pair(tokenizer):
                                         {"max_length": 7, "truncation_mode": "keep_end"},
                                         {"max_length": 64, "truncation_mode": "keep_start"}],
                          ids=["untruncated", "keep_start", "keep_end", "hh-64"])
-def test_logratios_equal_straightforward_computation(tokenizer, tiny_pair, truncation):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_logratios_equal_straightforward_computation(tokenizer, tiny_pair, truncation, forward):
     policy, reference = tiny_pair
     pairs = [tokenize_pair(row, tokenizer) for row in ROWS + hh_rows(1)]
     pairs = [p for p in pairs if not prompt_dropped(p, truncation.get("max_length"), truncation.get("truncation_mode", "keep_start"))]
-    scores = score_pairs(policy, pairs, reference=reference, batch_size=3, **truncation)
+    scores = score_pairs(policy, pairs, reference=reference, batch_size=3, forward=forward, **truncation)
     expected = straightforward_logratios(policy, reference, pairs, **truncation)
     for got_chosen, got_rejected, (want_chosen, want_rejected) in zip(
         scores.chosen_logratios, scores.rejected_logratios, expected
@@ -74,20 +75,36 @@ def test_logratios_equal_straightforward_computation(tokenizer, tiny_pair, trunc
     assert 0 < want_correct < len(pairs)  # the comparison is not trivially all-right or all-wrong
 
 
-def test_batching_and_sorting_do_not_change_results(tokenizer, tiny_pair):
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_batching_and_sorting_do_not_change_results(tokenizer, tiny_pair, forward):
     policy, _ = tiny_pair
     pairs = [tokenize_pair(row, tokenizer) for row in ROWS]
-    one, many = pair_logps(policy, pairs, batch_size=1), pair_logps(policy, pairs, batch_size=16)
+    one, many = pair_logps(policy, pairs, batch_size=1, forward=forward), pair_logps(policy, pairs, batch_size=16, forward=forward)
     for field in ("chosen", "rejected"):
         assert getattr(one, field).tolist() == pytest.approx(getattr(many, field).tolist(), abs=1e-5)
     assert many.chosen_lengths.tolist() == [float(len(p["chosen_ids"])) for p in pairs]
 
 
-def test_reference_free_modes(tokenizer, tiny_pair):
+def test_a_model_the_packed_forward_cannot_serve_is_scored_the_plain_way(tokenizer, caplog):
+    import logging
+
+    model = build_tiny_model(tokenizer, seed=2).eval()
+    model.config.final_logit_softcapping = 30.0  # ignored by Llama's own forward, refused by the packed head
+    pairs = [tokenize_pair(row, tokenizer) for row in ROWS]
+    with caplog.at_level(logging.INFO, logger="dpo_plugins.eval"):
+        scored = pair_logps(model, pairs)
+    assert "final_logit_softcapping=30.0" in caplog.text and "scoring the plain way" in caplog.text
+    assert scored.chosen.tolist() == pair_logps(model, pairs, forward="plain").chosen.tolist()
+    with pytest.raises(DpoPluginsError, match="forward 'fast': expected one of packed, plain"):
+        pair_logps(model, pairs, forward="fast")
+
+
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_reference_free_modes(tokenizer, tiny_pair, forward):
     policy, _ = tiny_pair
     pairs = [tokenize_pair(row, tokenizer) for row in ROWS]
-    total = score_pairs(policy, pairs, mode="ref-free-sum")
-    mean = score_pairs(policy, pairs, mode="ref-free-mean")
+    total = score_pairs(policy, pairs, mode="ref-free-sum", forward=forward)
+    mean = score_pairs(policy, pairs, mode="ref-free-mean", forward=forward)
     for pair, chosen_sum, chosen_mean in zip(pairs, total.chosen_scores, mean.chosen_scores):
         want = straightforward_logps(policy, pair["prompt_ids"], pair["chosen_ids"])
         assert chosen_sum == pytest.approx(want, abs=1e-5)

@@ -233,6 +233,30 @@ def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, tiny_
     assert tokens[0] == tokens[1]
 
 
+def test_the_reference_is_computed_once_and_a_beta_sweep_reads_it_from_disk(tmp_path, tiny_model_dir, pairs_file,
+                                                                             monkeypatch, caplog, packed_calls):
+    """By default `dpo train` precomputes the reference through the cache; --trl-forward is stock TRL, same losses."""
+    import logging
+
+    monkeypatch.setenv("DPO_PLUGINS_CACHE", str(tmp_path / "cache"))
+    common = ["--model", str(tiny_model_dir), "--data", str(pairs_file), "--max-steps", "3", "--logging-steps", "1",
+              "--per-device-train-batch-size", "2", "--learning-rate", "1e-3", "--save-strategy", "no",
+              "--gradient-checkpointing", "false", "--disable-tqdm", "true"]
+    with caplog.at_level(logging.INFO, logger="dpo_plugins.train"):
+        for name, beta in (("first", "0.1"), ("sweep", "0.5")):
+            assert cli.main(["train", *common, "--beta", beta, "--output-dir", str(tmp_path / name)]) == 0
+    outcomes = [line for line in caplog.text.splitlines() if "reference log-probs for train" in line]
+    assert ["computed and cached" in outcomes[0], "read from the cache" in outcomes[1]] == [True, True]
+    assert len(list((tmp_path / "cache" / "ref-logps").iterdir())) == 1
+    assert len(packed_calls) == 2 * 3  # the policy's forward only, in each step of both runs
+
+    packed_calls.clear()
+    assert cli.main(["train", *common, "--beta", "0.1", "--trl-forward", "--output-dir", str(tmp_path / "trl")]) == 0
+    assert packed_calls == []
+    assert step_losses(tmp_path / "first") == pytest.approx(step_losses(tmp_path / "trl"), abs=1e-5, rel=0)
+    assert len(set(round(loss, 4) for loss in step_losses(tmp_path / "trl"))) > 1  # the policy moved
+
+
 def test_azure_data_trains_through_the_format_plugins(tmp_path, tiny_model_dir, pairs_file, run_dpo):
     """--data in the Azure format is converted on the fly; the same pairs as TRL rows give the same step."""
     azure = tmp_path / "pairs.azure.jsonl"

@@ -17,6 +17,7 @@ import sys
 
 from ..errors import DpoPluginsError
 from ..records import read_trl_rows
+from . import show_info_logs
 
 HELP = "reward accuracy and win-rate of a policy, with a report"
 
@@ -36,6 +37,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-length", type=int, default=1024, help="TRL's max_length (default 1024); 0 = none")
     parser.add_argument("--truncation-mode", choices=("keep_start", "keep_end"), default="keep_start")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--forward", choices=("packed", "plain"), default="packed",
+                        help="packed: prefix-shared pairs, no padding (default); plain: two padded rows per pair, "
+                        "RewardBench's way (same numbers, slower)")
+    parser.add_argument("--no-ref-cache", action="store_true",
+                        help="recompute the reference log-probs instead of reading/writing the on-disk cache")
     parser.add_argument("--judge", metavar="NAME", help="judge plugin for the win-rate (see `dpo plugins`)")
     parser.add_argument("--judge-param", action="append", default=[], metavar="K=V",
                         help="judge parameter (repeatable); V is parsed as JSON when it can be")
@@ -55,6 +61,7 @@ def run(args) -> int:
     from dpo_plugins.evals.distributed import is_main_process
     from dpo_plugins.evals.harness import EvalRequest, adapter_base, run_eval
 
+    show_info_logs("eval")
     if args.ref is None and (base := adapter_base(args.model)) is not None:
         args.ref = base
         print(f"dpo eval: {args.model} is a PEFT adapter; its base model {base} is the reference", file=sys.stderr)
@@ -64,7 +71,8 @@ def run(args) -> int:
         model=args.model, ref=args.ref, rows=read_trl_rows(args.data, args.from_format), data=args.data,
         reward_mode=args.reward_mode or ("dpo" if args.ref else "ref-free-sum"),
         allow_self_reference=args.allow_self_reference, max_length=args.max_length or None,
-        truncation_mode=args.truncation_mode, batch_size=args.batch_size, judge=args.judge,
+        truncation_mode=args.truncation_mode, batch_size=args.batch_size, forward=args.forward,
+        ref_cache=not args.no_ref_cache, judge=args.judge,
         judge_params=_parse_params(args.judge_param), baseline=args.baseline or args.ref,
         policy_outputs=args.policy_outputs, baseline_outputs=args.baseline_outputs, max_prompts=args.max_prompts,
         generation={"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,

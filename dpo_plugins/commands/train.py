@@ -10,10 +10,8 @@ accepted as --field-name VALUE (for example --beta 0.1 --loss-weights 0.8
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from ..train_config import add_option_arguments
+from . import show_info_logs
 
 HELP = "DPO-train a model (TRL DPOTrainer with plugin losses)"
 # The flags of trl.DPOConfig are parsed by transformers' HfArgumentParser in run().
@@ -34,7 +32,7 @@ def run(args) -> int:
 
         HfArgumentParser(DPOConfig, prog="dpo train").print_help()
         return 0
-    _show_progress_logs()
+    show_info_logs("train")
     from ..adapters.training import run_training
     from ..train_config import build_settings
 
@@ -42,12 +40,3 @@ def run(args) -> int:
     print(f"trained model saved to {output_dir}")
     return 0
 
-
-def _show_progress_logs() -> None:
-    """Our INFO lines (resolved losses, health explanations) go to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("dpo train: %(message)s"))
-    log = logging.getLogger("dpo_plugins")
-    if not log.handlers:
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
