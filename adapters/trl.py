@@ -248,13 +248,16 @@ class PluginDPOTrainer(DPOTrainer):
     :mod:`dpo_plugins.adapters.packing`, and precomputed reference log-probs
     through the on-disk cache of :mod:`dpo_plugins.adapters.ref_cache`;
     False: TRL's own two-row forward and precompute). Both give the same
-    numbers; the packed one is faster.
+    numbers; the packed one is faster. ``ref_cache``: that cache (a
+    ``RefLogpsCache``; default: under ``$DPO_PLUGINS_CACHE``).
     """
 
     def __init__(
-        self, model, ref_model=None, args=None, *, loss_params=None, check_reference=True, packed_forward=True, **kwargs
+        self, model, ref_model=None, args=None, *, loss_params=None, check_reference=True, packed_forward=True,
+        ref_cache=None, **kwargs
     ):
         self.packed_forward = packed_forward
+        self.ref_cache = ref_cache
         if args is None:
             raise DpoPluginsError("PluginDPOTrainer needs args (a trl.DPOConfig)")
         self.loss_terms = resolve_losses(
@@ -295,7 +298,8 @@ class PluginDPOTrainer(DPOTrainer):
         reference = self.ref_model or self.model
         with self._reference_context():
             chosen, rejected, hit = reference_logps(
-                reference, self.processing_class, pairs, self.args.max_length, self.args.truncation_mode, batch_size
+                reference, self.processing_class, pairs, self.args.max_length, self.args.truncation_mode, batch_size,
+                self.ref_cache,
             )
         logger.info("reference log-probs for %s: %s", name, "read from the cache" if hit else "computed and cached")
         return dataset.add_column("ref_chosen_logps", chosen.tolist()).add_column("ref_rejected_logps", rejected.tolist())

@@ -4,9 +4,10 @@
 one right-padded batch of ``[prompt + chosen]`` and ``[prompt + rejected]``
 rows (TRL's collator, so the same truncation), full logits from the policy
 and from the reference, ``log_softmax``, gather, sum over completion tokens.
-"Packed" is :func:`dpo_plugins.adapters.packing.pair_logps` for both models;
-"packed + cached ref" reads the reference log-probs from the on-disk cache
-(filled before timing). Rounds alternate the order; medians and ratios are
+"Packed" is what ``dpo eval`` runs: :func:`dpo_plugins.evals.reward_accuracy.
+score_pairs` with the packed forward for both models; "packed + cached ref"
+gives it the reference log-probs from the on-disk cache (filled before
+timing), as ``dpo eval`` does after a training run or an earlier eval. Rounds alternate the order; medians and ratios are
 printed, and the implicit rewards of the three are checked to agree.
 
     python -m benchmarks.eval_throughput          # SmolLM2-135M, 32 HH pairs, 3 rounds
@@ -47,26 +48,20 @@ def plain_logps(model, batch):
 
 def evaluate(kind, policy, ref, pairs, options, collate, cached_ref=None):
     """Implicit rewards (chosen log-ratio, rejected log-ratio) of every pair."""
-    from dpo_plugins.adapters.packing import pair_logps
+    from dpo_plugins.evals.reward_accuracy import score_pairs
 
+    if kind == "packed":
+        scores = score_pairs(policy, pairs, reference=ref, reference_logps=cached_ref, max_length=options.max_length,
+                             batch_size=options.batch_size)
+        return torch.tensor(scores.chosen_logratios), torch.tensor(scores.rejected_logratios)
     chosen, rejected = [], []
     with torch.no_grad():
         for start in range(0, len(pairs), options.batch_size):
-            chunk = pairs[start : start + options.batch_size]
-            if kind == "plain":
-                batch = collate(chunk)
-                (pc, pr), (rc, rr) = plain_logps(policy, batch), plain_logps(ref, batch)
-            else:
-                p = pair_logps(policy, chunk, options.max_length)
-                pc, pr = p.chosen, p.rejected
-                if cached_ref is None:
-                    r = pair_logps(ref, chunk, options.max_length)
-                    rc, rr = r.chosen, r.rejected
-                else:
-                    rc, rr = cached_ref[0][start : start + len(chunk)], cached_ref[1][start : start + len(chunk)]
+            batch = collate(pairs[start : start + options.batch_size])
+            (pc, pr), (rc, rr) = plain_logps(policy, batch), plain_logps(ref, batch)
             chosen.append(pc - rc)
             rejected.append(pr - rr)
-    return torch.cat(chosen), torch.cat(rejected)
+    return torch.cat(chosen).double(), torch.cat(rejected).double()
 
 
 def run(options) -> dict:
@@ -84,11 +79,15 @@ def run(options) -> dict:
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=options.max_length)
     with tempfile.TemporaryDirectory() as tmp:
         cache = RefLogpsCache(tmp)
-        cached = reference_logps(ref, tokenizer, pairs, options.max_length, "keep_start", options.batch_size, cache)
+
+        def from_cache():  # the lookup (hashing the reference weights and the data) is timed too
+            return reference_logps(ref, tokenizer, pairs, options.max_length, "keep_start", options.batch_size, cache)[:2]
+
+        from_cache()  # fill it
         kinds = {
             "plain two-forward": lambda: evaluate("plain", policy, ref, pairs, options, collate),
             "packed (ours)": lambda: evaluate("packed", policy, ref, pairs, options, collate),
-            "packed + cached ref": lambda: evaluate("packed", policy, ref, pairs, options, collate, cached_ref=cached[:2]),
+            "packed + cached ref": lambda: evaluate("packed", policy, ref, pairs, options, collate, cached_ref=from_cache()),
         }
         seconds = {name: [] for name in kinds}
         results = {}

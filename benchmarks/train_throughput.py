@@ -1,6 +1,7 @@
-"""Training throughput: stock TRL ``DPOTrainer`` vs the packed forward, in the same process.
+"""Training throughput: stock TRL ``DPOTrainer`` vs ours, in the same process.
 
-Both trainers start from the same weights, take the same batches in TRL's
+Ours is ``PluginDPOTrainer`` as ``dpo train`` runs it (sigmoid loss, the
+packed, prefix-shared forward, TRL's metrics). Both trainers start from the same weights, take the same batches in TRL's
 order (the stock trainer's own dataloader: its sampler and seed) and run the
 same optimizer step (AdamW, gradient clipping at ``max_grad_norm``). Rounds
 alternate which one goes first; the table shows median seconds per round and
@@ -25,37 +26,22 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import hh_rows, load_smollm2, peak_rss_mib, print_table, summary
 
+OURS = "dpo-plugins (packed)"
 
-def make_trainer(kind, model, ref_model, tokenizer, dataset, args):
+
+def make_trainer(kind, model, ref_model, tokenizer, dataset, args, ref_cache=None):
+    """Stock TRL's ``DPOTrainer``, or ours: ``PluginDPOTrainer``, what ``dpo train`` runs (sigmoid, packed forward)."""
     from trl import DPOTrainer
 
-    cls = DPOTrainer if kind == "stock" else packed_trainer_class()
-    return cls(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    from dpo_plugins.adapters.trl import PluginDPOTrainer
 
-
-def packed_trainer_class():
-    """TRL's DPOTrainer with its per-pair log-probs from the packed forward (sigmoid loss, as TRL's)."""
-    from trl import DPOTrainer
-
-    from dpo_plugins.adapters.packing import collated_pair_logps
-
-    class PackedDPOTrainer(DPOTrainer):
-        def _compute_loss(self, model, inputs, return_outputs):
-            policy = collated_pair_logps(model, inputs)
-            if "ref_chosen_logps" in inputs:
-                ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-            else:
-                with torch.no_grad():
-                    ref = collated_pair_logps(self.ref_model, inputs)
-                ref_chosen, ref_rejected = ref.chosen, ref.rejected
-            margin = (policy.chosen - ref_chosen) - (policy.rejected - ref_rejected)
-            return -F.logsigmoid(self.beta * margin).mean()
-
-    return PackedDPOTrainer
+    if kind == "stock":
+        return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return PluginDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                            processing_class=tokenizer, ref_cache=ref_cache)
 
 
 def dpo_args(output_dir, options, **overrides):
@@ -129,7 +115,7 @@ def run_ab(options) -> dict:
                 seconds[kind].append(time.perf_counter() - start)
                 print(f"round {r + 1} {kind}: {seconds[kind][-1]:.1f}s", file=sys.stderr, flush=True)
     pairs_per_round = options.steps_per_round * options.batch_size
-    rows = [summary("stock TRL DPOTrainer", seconds["stock"], pairs_per_round), summary("packed (ours)", seconds["packed"], pairs_per_round)]
+    rows = [summary("stock TRL DPOTrainer", seconds["stock"], pairs_per_round), summary(OURS, seconds["packed"], pairs_per_round)]
     diffs = [abs(a - b) for a, b in zip(losses["stock"], losses["packed"])]
     return {"rows": rows, "losses": losses, "max_loss_diff": max(diffs)}
 
@@ -153,39 +139,56 @@ def run_rss(options) -> list[dict]:
     return results
 
 
-def run_ref_cache(options) -> dict:
-    """First run (reference log-probs computed and stored) vs a rerun with another beta (read from disk).
+REF_CACHE_RUNS = {
+    # name: (precompute_ref_log_probs, beta)
+    "reference in every step": (False, 0.1),
+    "first run (computes ref)": (True, 0.1),
+    "rerun (cached ref)": (True, 0.5),
+}
 
-    Each run builds its trainer, gets the reference log-probs of its dataset
-    through the cache (hashing the reference weights and the data included),
-    and trains one epoch over them.
+
+def run_ref_cache(options) -> dict:
+    """A β sweep: a first run that computes the reference log-probs vs a rerun that reads them from disk.
+
+    Every run is ``PluginDPOTrainer`` as ``dpo train`` builds it: the first
+    two compute the reference (TRL's per-step reference forward; ours, once
+    before training, stored in the cache), the rerun finds the entry. Each
+    run's time covers building the trainer (tokenizing, hashing the
+    reference weights and data, the precompute) and one epoch of
+    ``steps_per_round`` steps; each round starts from an empty cache.
     """
     from datasets import Dataset
 
-    from dpo_plugins.adapters.ref_cache import RefLogpsCache, reference_logps
+    from dpo_plugins.adapters.ref_cache import RefLogpsCache
 
     base, tokenizer = load_smollm2(options.model)
-    ref = copy.deepcopy(base).eval()
-    n_pairs = options.steps_per_round * options.batch_size
-    rows = hh_rows(n_pairs)
-    seconds = {"first": [], "cached": []}
+    rows = hh_rows(options.steps_per_round * options.batch_size)
+    seconds = {name: [] for name in REF_CACHE_RUNS}
+    losses = {name: [] for name in REF_CACHE_RUNS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(options.rounds):
             cache = RefLogpsCache(Path(tmp) / f"cache-{r}")
-            for run, beta in (("first", 0.1), ("cached", 0.5)):
+            names = list(REF_CACHE_RUNS)
+            if r % 2:  # alternate the two runs that compute the reference; the rerun needs the cache
+                names[:2] = names[1::-1]
+            for name in names:
+                precompute, beta = REF_CACHE_RUNS[name]
+                policy, ref = copy.deepcopy(base), None if precompute else copy.deepcopy(base)
                 start = time.perf_counter()
-                args = dpo_args(Path(tmp) / run, options, beta=beta)
-                trainer = make_trainer("packed", copy.deepcopy(base), ref, tokenizer, Dataset.from_list(rows), args)
-                pairs = trainer.train_dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_list()
-                chosen, rejected, hit = reference_logps(ref, tokenizer, pairs, options.max_length, "keep_start", options.batch_size, cache)
-                assert hit == (run == "cached")
-                trainer.train_dataset = trainer.train_dataset.add_column("ref_chosen_logps", chosen.tolist()).add_column("ref_rejected_logps", rejected.tolist())
+                args = dpo_args(Path(tmp) / "out", options, beta=beta, precompute_ref_log_probs=precompute)
+                trainer = make_trainer("packed", policy, ref, tokenizer, Dataset.from_list(rows), args, cache)
                 stepper = Stepper(trainer)
-                for batch in batches_in_trl_order(trainer, options.steps_per_round):
-                    stepper.step(batch)
-                seconds[run].append(time.perf_counter() - start)
-                print(f"round {r + 1} {run}: {seconds[run][-1]:.1f}s", file=sys.stderr, flush=True)
-    return {"rows": [summary("first run (computes ref)", seconds["first"], n_pairs), summary("rerun (cached ref)", seconds["cached"], n_pairs)]}
+                losses[name] = [stepper.step(batch) for batch in batches_in_trl_order(trainer, options.steps_per_round)]
+                seconds[name].append(time.perf_counter() - start)
+                print(f"round {r + 1} {name}: {seconds[name][-1]:.1f}s", file=sys.stderr, flush=True)
+                del trainer, stepper, policy, ref
+    n_pairs = len(rows)
+    per_step, first = losses["reference in every step"], losses["first run (computes ref)"]
+    return {
+        "rows": [summary(name, seconds[name], n_pairs) for name in REF_CACHE_RUNS],
+        "losses": losses,
+        "max_loss_diff": max(abs(a - b) for a, b in zip(per_step, first)),
+    }
 
 
 def _forwarded(options) -> list[str]:
@@ -224,11 +227,12 @@ def main(argv=None) -> int:
     if options.ref_cache:
         result = run_ref_cache(options)
         print_table(result["rows"], "first run (computes ref)", "pairs")
+        print(f"max |loss difference|, per-step vs precomputed reference = {result['max_loss_diff']:.2e}")
     else:
         result = run_ab(options)
         print_table(result["rows"], "stock TRL DPOTrainer", "pairs")
         print(f"per-step losses: stock {result['losses']['stock']}")
-        print(f"                 packed {result['losses']['packed']}")
+        print(f"                 ours   {result['losses']['packed']}")
         print(f"max |loss difference| = {result['max_loss_diff']:.2e}")
         if options.rss:
             result["rss"] = run_rss(options)

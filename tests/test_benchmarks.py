@@ -29,16 +29,19 @@ def run_benchmark(monkeypatch, capsys):
 def test_train_benchmark_packed_losses_equal_stock_trl(run_benchmark, tiny_model_dir):
     common = ["--model", tiny_model_dir, "--pairs", 8, "--rounds", 2, "--steps-per-round", 1, "--batch-size", 4]
     result = run_benchmark("benchmarks.train_throughput", *common, "--learning-rate", 1e-2)
-    assert [row["name"] for row in result["rows"]] == ["stock TRL DPOTrainer", "packed (ours)"]
+    assert [row["name"] for row in result["rows"]] == ["stock TRL DPOTrainer", "dpo-plugins (packed)"]
     assert len(result["losses"]["stock"]) == 2
     # a high learning rate: the second step's loss depends on the first update, which must agree too
     assert result["losses"]["stock"][0] != result["losses"]["stock"][1]
     assert result["max_loss_diff"] < 1e-5
 
 
-def test_ref_cache_benchmark_runs(run_benchmark, tiny_model_dir):
-    result = run_benchmark("benchmarks.train_throughput", "--model", tiny_model_dir, "--rounds", 1, "--steps-per-round", 1, "--batch-size", 4, "--ref-cache")
-    assert [row["name"] for row in result["rows"]] == ["first run (computes ref)", "rerun (cached ref)"]
+def test_ref_cache_benchmark_trains_alike_with_and_without_the_cache(run_benchmark, tiny_model_dir):
+    result = run_benchmark("benchmarks.train_throughput", "--model", tiny_model_dir, "--rounds", 2, "--steps-per-round", 2,
+                           "--batch-size", 4, "--learning-rate", 1e-2, "--ref-cache")
+    assert [row["name"] for row in result["rows"]] == ["reference in every step", "first run (computes ref)", "rerun (cached ref)"]
+    assert result["max_loss_diff"] < 1e-5  # the precomputed reference trains like the per-step one
+    assert result["losses"]["rerun (cached ref)"] != result["losses"]["first run (computes ref)"]  # another beta
 
 
 def test_eval_benchmark_agrees_with_the_plain_evaluation(run_benchmark, tiny_model_dir):
