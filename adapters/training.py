@@ -60,12 +60,12 @@ def run_training(settings) -> Path:
 def precompute_by_default(terms, args, options) -> bool:
     """Whether ``dpo train`` computes the reference log-probs once, before training, when not told.
 
-    Yes whenever the losses use a fixed reference and the packed forward
-    runs: the reference is then one no-grad pass over the data, stored in
-    the on-disk cache (:mod:`.ref_cache`) and read back by later runs (a β
-    or loss sweep) instead of a reference forward in every step. No with
-    ``--trl-forward`` (stock TRL's default), with ``sync_ref_model`` (the
-    reference moves), or with reference-free losses.
+    Yes whenever the losses use a fixed reference: the reference is then
+    one no-grad pass over the data, stored in the on-disk cache
+    (:mod:`.ref_cache`) and read back by later runs (a β or loss sweep)
+    instead of a reference forward in every step. No with ``--trl-forward``
+    (stock TRL's default), with ``sync_ref_model`` (the reference moves), or
+    with reference-free losses.
     """
     return any(term.needs_reference for term in terms) and not args.sync_ref_model and not options.trl_forward
 
