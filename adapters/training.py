@@ -34,8 +34,7 @@ def run_training(settings) -> Path:
     problems = unsupported_options(args, terms, options.ref_model is not None)
     if problems:
         raise DpoPluginsError("unsupported option combination:\n" + "\n".join(problems))
-    if args.precompute_ref_log_probs is None:
-        args.precompute_ref_log_probs = precompute_by_default(terms, args, options)
+    args.precompute_ref_log_probs = precompute_reference(terms, args, options)
     resume = _resume_checkpoint(args)
     train_rows = read_trl_rows(options.data, options.from_format)
     eval_rows = read_trl_rows(options.eval_data, options.from_format) if options.eval_data else None
@@ -57,16 +56,19 @@ def run_training(settings) -> Path:
     return Path(args.output_dir)
 
 
-def precompute_by_default(terms, args, options) -> bool:
-    """Whether ``dpo train`` computes the reference log-probs once, before training, when not told.
+def precompute_reference(terms, args, options) -> bool:
+    """Whether ``dpo train`` computes the reference log-probs once, before training.
 
-    Yes whenever the losses use a fixed reference: the reference is then
-    one no-grad pass over the data, stored in the on-disk cache
+    As ``--precompute-ref-log-probs`` says when given. Otherwise yes
+    whenever the losses use a fixed reference: the reference is then one
+    no-grad pass over the data, stored in the on-disk cache
     (:mod:`.ref_cache`) and read back by later runs (a β or loss sweep)
     instead of a reference forward in every step. No with ``--trl-forward``
     (stock TRL's default), with ``sync_ref_model`` (the reference moves), or
     with reference-free losses.
     """
+    if args.precompute_ref_log_probs is not None:
+        return args.precompute_ref_log_probs
     return any(term.needs_reference for term in terms) and not args.sync_ref_model and not options.trl_forward
 
 

@@ -260,6 +260,23 @@ def test_the_reference_is_computed_once_and_a_beta_sweep_reads_it_from_disk(tmp_
     assert len(set(round(loss, 4) for loss in step_losses(tmp_path / "trl"))) > 1  # the policy moved
 
 
+def test_the_reference_is_precomputed_unless_told_or_it_cannot_be(tmp_path, pairs_file):
+    from dpo_plugins.adapters.training import precompute_reference
+    from dpo_plugins.adapters.trl import inherited_loss_params, resolve_losses
+
+    def decided(*flags):
+        settings = settings_for(["--data", str(pairs_file), "--output-dir", str(tmp_path), *flags])
+        args, options = settings.dpo, settings.options
+        terms = resolve_losses(args.loss_type, args.loss_weights, options.loss_param, inherited_loss_params(args))
+        return precompute_reference(terms, args, options)
+
+    assert decided() is True
+    assert decided("--precompute-ref-log-probs", "false") is False
+    assert decided("--trl-forward") is False
+    assert decided("--sync-ref-model", "true") is False
+    assert decided("--loss", "simpo") is False
+
+
 def test_azure_data_trains_through_the_format_plugins(tmp_path, tiny_model_dir, pairs_file, run_dpo):
     """--data in the Azure format is converted on the fly; the same pairs as TRL rows give the same step."""
     azure = tmp_path / "pairs.azure.jsonl"
