@@ -90,22 +90,20 @@ def pair_logps(
 
 
 def _packed_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:
+    import dataclasses
+
     import torch
 
     from dpo_plugins.adapters.packing import pair_logps as packed_pair_logps
 
-    batches = [list(range(start, min(start + batch_size, len(pairs)))) for start in range(0, len(pairs), batch_size)]
-    results = _map_batches(
-        batches,
-        lambda batch: packed_pair_logps(model, [pairs[i] for i in batch], max_length, truncation_mode,
-                                        logps_dtype=torch.float64),
-        progress,
-        desc,
-    )
-    fields = [torch.cat([getattr(r, name).cpu() for r in results]) if results else torch.zeros(0, dtype=dtype)
-              for name, dtype in (("chosen", torch.float64), ("rejected", torch.float64),
-                                  ("chosen_lengths", torch.float32), ("rejected_lengths", torch.float32))]
-    return PairLogps(*fields)
+    def score(batch):
+        return packed_pair_logps(model, batch, max_length, truncation_mode, logps_dtype=torch.float64)
+
+    batches = [pairs[start:start + batch_size] for start in range(0, len(pairs), batch_size)]
+    results = _map_batches(batches, score, progress, desc)
+    if not results:
+        return PairLogps(*(torch.zeros(0, dtype=d) for d in (torch.float64, torch.float64, torch.float32, torch.float32)))
+    return PairLogps(*(torch.cat([getattr(r, f.name).cpu() for r in results]) for f in dataclasses.fields(PairLogps)))
 
 
 def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:

@@ -85,6 +85,12 @@ def test_batching_and_sorting_do_not_change_results(tokenizer, tiny_pair, forwar
     assert many.chosen_lengths.tolist() == [float(len(p["chosen_ids"])) for p in pairs]
 
 
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_no_pairs_give_empty_results(tiny_pair, forward):
+    empty = pair_logps(tiny_pair[0], [], forward=forward)
+    assert [tuple(t.shape) for t in (empty.chosen, empty.rejected, empty.chosen_lengths)] == [(0,), (0,), (0,)]
+
+
 def test_a_model_the_packed_forward_cannot_serve_is_scored_the_plain_way(tokenizer, caplog):
     import logging
 
