@@ -32,7 +32,12 @@ from dpo_plugins.adapters.models import cache_dir
 from dpo_plugins.adapters.packing import pair_logps
 
 logger = logging.getLogger("dpo_plugins.ref_cache")
-FORMAT_VERSION = "2"  # 2: float64 sums (1 held float32)
+FORMAT_VERSION = "3"  # 3: the key covers the model's config; 2: float64 sums (1 held float32)
+# Config fields about where a model came from or how it is run, not what it computes (the dtype is in the weights).
+RUNTIME_CONFIG_FIELDS = frozenset({
+    "_name_or_path", "architectures", "dtype", "torch_dtype", "transformers_version", "use_cache",
+    "output_attentions", "output_hidden_states", "return_dict",
+})
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,15 @@ def pairs_fingerprint(pairs: Iterable[dict]) -> str:
 
 
 def model_fingerprint(model) -> str:
-    """SHA-256 of the weights (names, dtypes, shapes, values), so two paths to one model share entries."""
-    h = hashlib.sha256()
+    """SHA-256 of the class, the config and the weights (names, dtypes, shapes, values).
+
+    The config counts because not everything a model computes with is in its
+    weights (rotary ``rope_theta`` / ``rope_scaling``, a sliding window,
+    soft-capping); where the model came from and how it is run do not
+    (:data:`RUNTIME_CONFIG_FIELDS`), so two paths to one model share entries.
+    """
+    config = {k: v for k, v in model.config.to_dict().items() if k not in RUNTIME_CONFIG_FIELDS}
+    h = hashlib.sha256(json.dumps({"class": type(model).__name__, "config": config}, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -197,6 +209,7 @@ def reference_logps(
                                  logps_dtype=torch.float64)
                 chosen.append(out.chosen.cpu())
                 rejected.append(out.rejected.cpu())
-        return torch.cat(chosen), torch.cat(rejected)
+        empty = torch.zeros(0, dtype=torch.float64)
+        return (torch.cat(chosen), torch.cat(rejected)) if pairs else (empty, empty)
 
     return cache.get_or_compute(key, len(pairs), compute or packed)

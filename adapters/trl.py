@@ -289,8 +289,10 @@ class PluginDPOTrainer(DPOTrainer):
     def _precompute_ref_logps(self, dataset, name, batch_size):
         if not self.needs_reference:
             return dataset
-        if self.is_deepspeed_enabled or not self._packs(self.ref_model or self.model):
-            # DeepSpeed places and gathers the weights in an engine of TRL's making: TRL's precompute.
+        distributed = self.accelerator.num_processes > 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled
+        if distributed or not self._packs(self.ref_model or self.model):
+            # TRL's precompute splits the pairs over the processes and places the weights for DeepSpeed /
+            # FSDP; ours would run every pair in every process, on weights not yet placed.
             return super()._precompute_ref_logps(dataset, name, batch_size)
         from dpo_plugins.adapters.ref_cache import reference_logps
 

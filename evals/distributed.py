@@ -45,6 +45,15 @@ def local_share(count: int) -> int:
     return len(range(rank, count, world))
 
 
+def every_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process, so that all of them take the same branch."""
+    if process_info()[1] == 1:
+        return flag
+    from accelerate.utils import gather_object
+
+    return all(gather_object([flag]))
+
+
 def wait_for_everyone() -> None:
     if process_info()[1] > 1:
         _state().wait_for_everyone()

@@ -102,19 +102,24 @@ def _cached_reference_logps(request: EvalRequest, reference, tokenizer, pairs) -
     the truncation, so a training run's eval data, or an earlier eval of
     another policy against the same reference, is not recomputed.
     """
-    from dpo_plugins.adapters.ref_cache import reference_logps
+    from dpo_plugins.adapters.ref_cache import RefLogpsCache, make_key
 
+    from .distributed import every_process, is_main_process
     from .logps import pair_logps
 
-    def compute():
-        out = pair_logps(reference, pairs, request.max_length, request.truncation_mode, request.batch_size,
-                         request.progress, "reference log-probs", forward="packed")
-        return out.chosen, out.rejected
-
-    chosen, rejected, hit = reference_logps(reference, tokenizer, pairs, request.max_length,
-                                            request.truncation_mode, compute=compute)
-    logger.info("reference log-probs: %s", "read from the cache" if hit else "computed and cached")
-    return chosen, rejected
+    cache = RefLogpsCache()
+    key = make_key(pairs, reference, tokenizer, request.max_length, request.truncation_mode)
+    cached = cache.load(key, len(pairs))
+    if every_process(cached is not None):  # under accelerate launch all read it, or all compute it together
+        if is_main_process():
+            logger.info("reference log-probs: read from the cache")
+        return cached
+    out = pair_logps(reference, pairs, request.max_length, request.truncation_mode, request.batch_size,
+                     request.progress, "reference log-probs", forward="packed")
+    if is_main_process():
+        cache.store(key, out.chosen, out.rejected)
+        logger.info("reference log-probs: computed and cached")
+    return out.chosen, out.rejected
 
 
 def adapter_base(model: str) -> str | None:

@@ -36,8 +36,8 @@ class PairLogps:
     """Float tensors of shape ``(B,)``, in the order the pairs were given.
 
     ``chosen`` / ``rejected``: sums of log-probs over the completion tokens
-    that survive TRL's truncation (float64 from :func:`pair_logps`; the
-    packed forward sums in the model's dtype, the plain one in float64).
+    that survive TRL's truncation (float64 from :func:`pair_logps`, both
+    forwards; in training, the packed forward's own dtype).
     ``chosen_lengths`` / ``rejected_lengths``:
     how many completion tokens survive (TRL's count, which IPO divides by).
     """
@@ -96,14 +96,15 @@ def _packed_logps(model, pairs, max_length, truncation_mode, batch_size, progres
 
     from dpo_plugins.adapters.packing import pair_logps as packed_pair_logps
 
-    def score(batch):
-        return packed_pair_logps(model, batch, max_length, truncation_mode, logps_dtype=torch.float64)
+    def score(batch):  # on the CPU: under accelerate launch the results travel to the other processes
+        out = packed_pair_logps(model, batch, max_length, truncation_mode, logps_dtype=torch.float64)
+        return PairLogps(*(getattr(out, f.name).cpu() for f in dataclasses.fields(PairLogps)))
 
     batches = [pairs[start:start + batch_size] for start in range(0, len(pairs), batch_size)]
     results = _map_batches(batches, score, progress, desc)
     if not results:
         return PairLogps(*(torch.zeros(0, dtype=d) for d in (torch.float64, torch.float64, torch.float32, torch.float32)))
-    return PairLogps(*(torch.cat([getattr(r, f.name).cpu() for r in results]) for f in dataclasses.fields(PairLogps)))
+    return PairLogps(*(torch.cat([getattr(r, f.name) for r in results]) for f in dataclasses.fields(PairLogps)))
 
 
 def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:

@@ -54,17 +54,21 @@ def test_first_call_computes_second_reuses(model, tokenizer, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [cache.path(ref_cache.make_key(PAIRS, model, tokenizer, 32, "keep_start")).name]
 
 
-def test_the_key_follows_data_weights_tokenizer_and_truncation(model, tokenizer):
+def test_the_key_follows_data_weights_config_tokenizer_and_truncation(model, tokenizer):
     base = ref_cache.make_key(PAIRS, model, tokenizer, 32, "keep_start")
     changed_model = copy.deepcopy(model)
     with torch.no_grad():
         changed_model.model.norm.weight[0] += 1e-3
+    # Same weights, another rotary base: not in the state dict, but the log-probs differ.
+    rope = build_tiny_model(tokenizer, seed=7, rope_theta=500.0).eval()
+    assert all(torch.equal(a, b) for a, b in zip(rope.state_dict().values(), model.state_dict().values()))
     templated = copy.deepcopy(tokenizer)
     templated.chat_template = tokenizer.chat_template + " "
     variants = [
         ref_cache.make_key(PAIRS[:2], model, tokenizer, 32, "keep_start"),
         ref_cache.make_key([PAIRS[1], PAIRS[0], PAIRS[2]], model, tokenizer, 32, "keep_start"),
         ref_cache.make_key(PAIRS, changed_model, tokenizer, 32, "keep_start"),
+        ref_cache.make_key(PAIRS, rope, tokenizer, 32, "keep_start"),
         ref_cache.make_key(PAIRS, model, templated, 32, "keep_start"),
         ref_cache.make_key(PAIRS, model, tokenizer, 64, "keep_start"),
         ref_cache.make_key(PAIRS, model, tokenizer, 32, "keep_end"),
@@ -72,6 +76,9 @@ def test_the_key_follows_data_weights_tokenizer_and_truncation(model, tokenizer)
     digests = {base.digest()} | {v.digest() for v in variants}
     assert len(digests) == 1 + len(variants)
     assert ref_cache.make_key(PAIRS, copy.deepcopy(model), copy.deepcopy(tokenizer), 32, "keep_start") == base
+    used = copy.deepcopy(model)
+    used.config.use_cache = False  # how a model is run is not what it computes
+    assert ref_cache.make_key(PAIRS, used, tokenizer, 32, "keep_start") == base
 
 
 def test_the_model_hash_is_of_the_weights_not_the_path(model, tmp_path):
