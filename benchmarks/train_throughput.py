@@ -165,6 +165,7 @@ def run_ref_cache(options) -> dict:
     rows = hh_rows(options.steps_per_round * options.batch_size)
     seconds = {name: [] for name in REF_CACHE_RUNS}
     losses = {name: [] for name in REF_CACHE_RUNS}
+    reruns_read = []  # per round: the rerun left the first run's entry as it was (a miss rewrites it)
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(options.rounds):
             cache = RefLogpsCache(Path(tmp) / f"cache-{r}")
@@ -173,6 +174,7 @@ def run_ref_cache(options) -> dict:
                 names[:2] = names[1::-1]
             for name in names:
                 precompute, beta = REF_CACHE_RUNS[name]
+                entries = _entries(cache)
                 policy, ref = copy.deepcopy(base), None if precompute else copy.deepcopy(base)
                 start = time.perf_counter()
                 args = dpo_args(Path(tmp) / "out", options, beta=beta, precompute_ref_log_probs=precompute)
@@ -181,6 +183,8 @@ def run_ref_cache(options) -> dict:
                 losses[name] = [stepper.step(batch) for batch in batches_in_trl_order(trainer, options.steps_per_round)]
                 seconds[name].append(time.perf_counter() - start)
                 print(f"round {r + 1} {name}: {seconds[name][-1]:.1f}s", file=sys.stderr, flush=True)
+                if name == "rerun (cached ref)":
+                    reruns_read.append(bool(entries) and _entries(cache) == entries)
                 del trainer, stepper, policy, ref
     n_pairs = len(rows)
     per_step, first = losses["reference in every step"], losses["first run (computes ref)"]
@@ -188,7 +192,12 @@ def run_ref_cache(options) -> dict:
         "rows": [summary(name, seconds[name], n_pairs) for name in REF_CACHE_RUNS],
         "losses": losses,
         "max_loss_diff": max(abs(a - b) for a, b in zip(per_step, first)),
+        "reruns_read_the_cache": all(reruns_read),
     }
+
+
+def _entries(cache) -> dict:
+    return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in cache.root.glob("*.safetensors")}
 
 
 def _forwarded(options) -> list[str]:
@@ -228,6 +237,7 @@ def main(argv=None) -> int:
         result = run_ref_cache(options)
         print_table(result["rows"], "first run (computes ref)", "pairs")
         print(f"max |loss difference|, per-step vs precomputed reference = {result['max_loss_diff']:.2e}")
+        print(f"every rerun read the first run's cache entry: {result['reruns_read_the_cache']}")
     else:
         result = run_ab(options)
         print_table(result["rows"], "stock TRL DPOTrainer", "pairs")

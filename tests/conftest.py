@@ -21,6 +21,27 @@ def smollm2_dir():
     return materialise_smollm2()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(smollm2_dir, tmp_path_factory):
+    """``$DPO_PLUGINS_CACHE`` for the whole session: the one SmolLM2 build, but reference log-probs of its own.
+
+    So no test reads an entry an earlier run left in the user's cache, and
+    none leaves entries there. Tests that need a cache of their own still set
+    the variable themselves.
+    """
+    import os
+
+    cache = tmp_path_factory.mktemp("dpo-plugins-cache")
+    (cache / smollm2_dir.name).symlink_to(smollm2_dir, target_is_directory=True)
+    previous = os.environ.get("DPO_PLUGINS_CACHE")
+    os.environ["DPO_PLUGINS_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("DPO_PLUGINS_CACHE", None)
+    else:
+        os.environ["DPO_PLUGINS_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tokenizer(smollm2_dir):
     from transformers import AutoTokenizer

@@ -262,3 +262,18 @@ def test_float64_scoring_matches_the_plain_path_and_is_refused_under_gradient(tr
     torch.testing.assert_close(packed.rejected, plain.rejected, rtol=0, atol=1e-6)
     with pytest.raises(DpoPluginsError, match="without gradient"):
         packing.pair_logps(model, trl_pairs, logps_dtype=torch.float64)
+
+
+def test_a_bfloat16_model_gets_a_float32_log_softmax_and_trains(trl_pairs, tokenizer):
+    """Half-precision weights: sums in float32 (not bfloat16), close to a float64 log-softmax, gradients in bf16."""
+    from dpo_plugins.evals import logps
+
+    model = build_tiny_model(tokenizer, seed=9).to(torch.bfloat16)
+    packed = packing.pair_logps(model, trl_pairs[:4], 128)
+    assert packed.chosen.dtype == torch.float32
+    (packed.chosen.sum() - packed.rejected.sum()).backward()
+    assert model.lm_head.weight.grad.dtype == torch.bfloat16 and model.lm_head.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        plain = logps.pair_logps(model, trl_pairs[:4], 128, forward="plain")
+    # Packed and plain rows take different bf16 kernels: their hidden states agree to bf16 precision only.
+    torch.testing.assert_close(packed.chosen.detach().double(), plain.chosen, rtol=2e-2, atol=0.5)
