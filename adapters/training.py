@@ -60,16 +60,22 @@ def precompute_reference(terms, args, options) -> bool:
     """Whether ``dpo train`` computes the reference log-probs once, before training.
 
     As ``--precompute-ref-log-probs`` says when given. Otherwise yes
-    whenever the losses use a fixed reference: the reference is then one
-    no-grad pass over the data, stored in the on-disk cache
-    (:mod:`.ref_cache`) and read back by later runs (a β or loss sweep)
-    instead of a reference forward in every step. No with ``--trl-forward``
-    (stock TRL's default), with ``sync_ref_model`` (the reference moves), or
-    with reference-free losses.
+    whenever the losses use a fixed reference and one process trains: the
+    reference is then one no-grad pass over the data, stored in the on-disk
+    cache (:mod:`.ref_cache`) and read back by later runs (a β or loss
+    sweep) instead of a reference forward in every step. No with
+    ``--trl-forward`` (stock TRL's default), with ``sync_ref_model`` (the
+    reference moves), with reference-free losses, and under several
+    processes or FSDP / DeepSpeed, where each process would score every
+    pair (or TRL's precompute would run, which cannot share its cache file
+    between processes for in-memory data): there the reference runs in each
+    step, on each process's share of the batch.
     """
     if args.precompute_ref_log_probs is not None:
         return args.precompute_ref_log_probs
-    return any(term.needs_reference for term in terms) and not args.sync_ref_model and not options.trl_forward
+    one_process = int(os.environ.get("WORLD_SIZE", "1")) == 1 and not args.fsdp and not args.deepspeed
+    uses_reference = any(term.needs_reference for term in terms)
+    return uses_reference and one_process and not args.sync_ref_model and not options.trl_forward
 
 
 def _check_combinations(options, args) -> None:

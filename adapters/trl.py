@@ -289,10 +289,10 @@ class PluginDPOTrainer(DPOTrainer):
     def _precompute_ref_logps(self, dataset, name, batch_size):
         if not self.needs_reference:
             return dataset
-        distributed = self.accelerator.num_processes > 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled
-        if distributed or not self._packs(self.ref_model or self.model):
-            # TRL's precompute splits the pairs over the processes and places the weights for DeepSpeed /
-            # FSDP; ours would run every pair in every process, on weights not yet placed.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not self._packs(self.ref_model or self.model):
+            # DeepSpeed / FSDP: TRL's precompute places the weights for the engine. Under DDP ours runs
+            # every pair in every process (one entry, written atomically): TRL's splits them, but then
+            # reads a file only rank 0 wrote, which other processes cannot see for in-memory data.
             return super()._precompute_ref_logps(dataset, name, batch_size)
         from dpo_plugins.adapters.ref_cache import reference_logps
 

@@ -214,7 +214,11 @@ def test_sft_first_then_dpo_against_the_sft_model(tmp_path, tiny_model_dir, pair
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, pairs_file):
-    """accelerate launch runs `dpo train` unchanged; DDP over 2 CPU processes == 1 process, step by step."""
+    """accelerate launch runs `dpo train` unchanged; DDP over 2 CPU processes == 1 process, step by step.
+
+    Two processes run the reference in each step by default; with the reference precomputed they both score
+    every pair into the one cache entry. Either way the losses are the single process's.
+    """
     common = ["--model", str(tiny_model_dir), "--data", str(pairs_file), "--max-steps", "3", "--logging-steps", "1",
               "--learning-rate", "1e-3", "--save-strategy", "no", "--disable-tqdm", "true", "--seed", "3"]
     single = subprocess.run([sys.executable, "-m", "dpo_plugins", "train", *common, "--output-dir",
@@ -222,15 +226,18 @@ def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, tiny_
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr
     accelerate = Path(sys.executable).parent / "accelerate"
-    # --multi_gpu picks accelerate's torch.distributed launcher; with no GPU, dpo train sets use_cpu -> gloo.
-    double = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dpo_plugins", "train",
-                             *common, "--output-dir", str(tmp_path / "two"), "--per-device-train-batch-size", "2"],
-                            capture_output=True, text=True, timeout=600)
-    assert double.returncode == 0, double.stderr
-    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    for name, extra in (("two", []), ("two-precomputed", ["--precompute-ref-log-probs", "true"])):
+        # --multi_gpu picks accelerate's torch.distributed launcher; with no GPU, dpo train sets use_cpu -> gloo.
+        double = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+                                 "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dpo_plugins", "train",
+                                 *common, *extra, "--output-dir", str(tmp_path / name), "--per-device-train-batch-size",
+                                 "2"], capture_output=True, text=True, timeout=600)
+        assert double.returncode == 0, double.stderr
+        assert ("reference log-probs for train" in double.stderr) == bool(extra)
+    one = step_losses(tmp_path / "one")
     assert len(one) == 3 and len(set(one)) > 1
-    assert two == pytest.approx(one, abs=1e-4, rel=0)
+    for name in ("two", "two-precomputed"):
+        assert step_losses(tmp_path / name) == pytest.approx(one, abs=1e-4, rel=0), name
     # Both processes contributed: the gathered token counts equal the single process's.
     tokens = [[e["num_tokens"] for e in log_history(tmp_path / run) if "loss" in e] for run in ("one", "two")]
     assert tokens[0] == tokens[1]
@@ -260,14 +267,16 @@ def test_the_reference_is_computed_once_and_a_beta_sweep_reads_it_from_disk(tmp_
     assert len(set(round(loss, 4) for loss in step_losses(tmp_path / "trl"))) > 1  # the policy moved
 
 
-def test_the_reference_is_precomputed_unless_told_or_it_cannot_be(tmp_path, pairs_file):
+def test_the_reference_is_precomputed_unless_told_or_it_cannot_be(tmp_path, pairs_file, monkeypatch):
     from dpo_plugins.adapters.training import precompute_reference
     from dpo_plugins.adapters.trl import inherited_loss_params, resolve_losses
 
-    def decided(*flags):
+    def decided(*flags, processes="1"):
+        monkeypatch.setenv("WORLD_SIZE", "1")  # building a DPOConfig under WORLD_SIZE=2 would start torch.distributed
         settings = settings_for(["--data", str(pairs_file), "--output-dir", str(tmp_path), *flags])
         args, options = settings.dpo, settings.options
         terms = resolve_losses(args.loss_type, args.loss_weights, options.loss_param, inherited_loss_params(args))
+        monkeypatch.setenv("WORLD_SIZE", processes)  # as accelerate launch sets it
         return precompute_reference(terms, args, options)
 
     assert decided() is True
@@ -275,6 +284,8 @@ def test_the_reference_is_precomputed_unless_told_or_it_cannot_be(tmp_path, pair
     assert decided("--trl-forward") is False
     assert decided("--sync-ref-model", "true") is False
     assert decided("--loss", "simpo") is False
+    assert decided(processes="2") is False  # several processes: TRL's per-step reference
+    assert decided("--precompute-ref-log-probs", "true", processes="2") is True
 
 
 def test_azure_data_trains_through_the_format_plugins(tmp_path, tiny_model_dir, pairs_file, run_dpo):
