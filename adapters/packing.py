@@ -184,17 +184,15 @@ def row_inputs(row: Sequence[Block], model) -> tuple[Any, Any, Any]:
 
 
 def _attention_mask(allowed, model):
-    """The 4D mask in the form the model's attention implementation reads (it is passed through as-is)."""
-    implementation = model.config._attn_implementation
-    if implementation == "sdpa":
-        return allowed
-    if implementation == "eager":
+    """The 4D mask in the form the model's attention implementation reads (it is passed through as-is).
+
+    SDPA takes the boolean mask; eager adds a float one. Other implementations
+    are refused before any row is built (:func:`unsupported_reason`).
+    """
+    if model.config._attn_implementation == "eager":
         dtype = next(model.parameters()).dtype
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    raise DpoPluginsError(  # the attention implementations of MASKED_ATTENTION are the ones handled above
-        f"the packed forward needs attn_implementation 'sdpa' or 'eager', not {implementation!r} "
-        "(load the model with attn_implementation='sdpa', or use the stock forward)"
-    )
+    return allowed
 
 
 def pair_logps(
@@ -248,7 +246,9 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
 
     With ``token_sums``: ``(PairLogps, TokenSums)``.
     """
-    _check_head(model)
+    reason = unsupported_reason(model)
+    if reason:  # rather than compute different numbers
+        raise DpoPluginsError(f"{reason}: use the stock forward for this model")
     n_pairs = len(lengths)
     decoder = model.get_decoder()
     device = model.get_output_embeddings().weight.device
@@ -289,14 +289,15 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
     return result, TokenSums(entropy[0::2], entropy[1::2], mean_logits[0::2], mean_logits[1::2], top1[0::2], top1[1::2])
 
 
-def _check_head(model) -> None:
-    """Refuse models whose logits are not ``lm_head(hidden)``, rather than compute different numbers."""
-    reason = _head_problem(model)
-    if reason:
-        raise DpoPluginsError(f"{reason}; use the stock forward for this model")
+def unsupported_reason(model) -> Optional[str]:
+    """Why the packed forward cannot serve ``model`` (``None`` when it can): callers then use the stock forward.
 
-
-def _head_problem(model) -> Optional[str]:
+    It needs an attention implementation that takes its 4D mask, and logits
+    that are exactly ``lm_head(hidden)``.
+    """
+    implementation = model.config._attn_implementation
+    if implementation not in MASKED_ATTENTION:
+        return f"the packed forward needs attn_implementation 'sdpa' or 'eager', not {implementation!r}"
     config = model.config.get_text_config()
     for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
         value = getattr(config, name, None)
@@ -304,14 +305,6 @@ def _head_problem(model) -> Optional[str]:
             return (f"the packed forward computes logits as lm_head(hidden) and cannot apply {name}={value!r} "
                     f"of {type(model).__name__}")
     return None
-
-
-def unsupported_reason(model) -> Optional[str]:
-    """Why the packed forward cannot serve ``model`` (``None`` when it can): callers then use the stock forward."""
-    implementation = model.config._attn_implementation
-    if implementation not in MASKED_ATTENTION:
-        return f"the packed forward needs attn_implementation 'sdpa' or 'eager', not {implementation!r}"
-    return _head_problem(model)
 
 
 def target_logprobs(hidden, weight, bias, targets, chunk: int = DEFAULT_LOGIT_CHUNK, stats=None, dtype=None):

@@ -189,19 +189,17 @@ def reference_logps(
     truncation_mode: str = "keep_start",
     batch_size: int = 8,
     cache: Optional[RefLogpsCache] = None,
-    compute: Optional[Callable[[], tuple]] = None,
 ):
     """``(chosen, rejected, hit)``: float64 reference log-prob sums of ``pairs``, from the cache when valid.
 
-    On a miss they come from ``compute()`` (default: the packed forward
-    without gradient, ``batch_size`` pairs at a time, the log-softmax in
-    float64 as the eval's plain path does) and are stored. The results do
-    not depend on ``batch_size``.
+    On a miss they are computed with the packed forward without gradient,
+    ``batch_size`` pairs at a time, the log-softmax in float64 as in ``dpo
+    eval``, and stored. The results do not depend on ``batch_size``.
     """
     cache = cache or RefLogpsCache()
     key = make_key(pairs, model, tokenizer, max_length, truncation_mode)
 
-    def packed():
+    def compute():
         chosen, rejected = [], []
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
@@ -212,4 +210,4 @@ def reference_logps(
         empty = torch.zeros(0, dtype=torch.float64)
         return (torch.cat(chosen), torch.cat(rejected)) if pairs else (empty, empty)
 
-    return cache.get_or_compute(key, len(pairs), compute or packed)
+    return cache.get_or_compute(key, len(pairs), compute)

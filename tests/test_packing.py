@@ -277,3 +277,11 @@ def test_a_bfloat16_model_gets_a_float32_log_softmax_and_trains(trl_pairs, token
         plain = logps.pair_logps(model, trl_pairs[:4], 128, forward="plain")
     # Packed and plain rows take different bf16 kernels: their hidden states agree to bf16 precision only.
     torch.testing.assert_close(packed.chosen.detach().double(), plain.chosen, rtol=2e-2, atol=0.5)
+
+
+def test_a_model_it_cannot_serve_is_refused_not_miscomputed(trl_pairs, tokenizer):
+    model = build_tiny_model(tokenizer, seed=10)
+    model.config.final_logit_softcapping = 30.0
+    assert "final_logit_softcapping=30.0" in packing.unsupported_reason(model)
+    with pytest.raises(DpoPluginsError, match="use the stock forward for this model"):
+        packing.pair_logps(model, trl_pairs[:1])
