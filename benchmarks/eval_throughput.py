@@ -7,8 +7,9 @@ and from the reference, ``log_softmax``, gather, sum over completion tokens.
 "Packed" is what ``dpo eval`` runs: :func:`dpo_plugins.evals.reward_accuracy.
 score_pairs` with the packed forward for both models; "packed + cached ref"
 gives it the reference log-probs from the on-disk cache (filled before
-timing), as ``dpo eval`` does after a training run or an earlier eval. Rounds alternate the order; medians and ratios are
-printed, and the implicit rewards of the three are checked to agree.
+timing), as ``dpo eval`` does after a training run or an earlier eval.
+Rounds alternate the order; medians and ratios are printed, and the
+implicit rewards of the three are checked to agree.
 
     python -m benchmarks.eval_throughput          # SmolLM2-135M, 32 HH pairs, 3 rounds
 """
