@@ -14,11 +14,10 @@ import fcntl
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from dpo_plugins.atomic import atomic_directory
 from dpo_plugins.errors import DpoPluginsError
 
 SMOLLM2 = "smollm2"
@@ -76,16 +75,10 @@ def materialise_smollm2() -> Path:
     with _exclusive_lock(target.parent / f"{target.name}.lock"):
         if (target / COMPLETE_MARKER).is_file():  # another process finished it while we waited
             return target
-        building = Path(tempfile.mkdtemp(prefix=f"{target.name}.building-", dir=target.parent))
-        try:
+        # replace=True: a target without the marker is an incomplete leftover of ours
+        with atomic_directory(target, replace=True) as building:
             _dequantize_gguf(gguf, building)
             (building / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf)}) + "\n")
-            if target.exists():  # an incomplete leftover, never renamed into place by us
-                shutil.rmtree(target)
-            os.replace(building, target)
-        except BaseException:
-            shutil.rmtree(building, ignore_errors=True)
-            raise
     return target
 
 
@@ -114,18 +107,35 @@ def _dequantize_gguf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def default_dtype(device: str):
-    """float32 on CPU (bf16 matmuls are ~100x slower there), bf16 on GPU."""
+def load_model(name_or_path, dtype=None, *, merge_adapter: bool = False, auto_class: str = "AutoModelForCausalLM"):
+    """The one way a model is loaded: a local directory or alias, float32 unless ``dtype`` says otherwise.
+
+    float32 is the default because bf16 matmuls are ~100x slower on CPU;
+    training passes the dtype its config asks for. A PEFT adapter directory
+    loads onto its base model; ``merge_adapter`` folds it in (for scoring and
+    generation, where the adapter's separate layers only cost time).
+    ``auto_class`` names the transformers Auto class (a reward model is
+    ``"AutoModelForSequenceClassification"``).
+    """
     import torch
+    import transformers
 
-    return torch.float32 if device == "cpu" else torch.bfloat16
+    path = resolve_model(str(name_or_path))
+    dtype = dtype or torch.float32
+    if merge_adapter and (Path(path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+    return getattr(transformers, auto_class).from_pretrained(path, dtype=dtype)
 
 
-def load_model_and_tokenizer(name_or_path: str, device: str = "cpu", dtype=None):
-    """A causal LM and its tokenizer from a local directory or alias."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name_or_path):
+    """The tokenizer of a local directory or alias."""
+    from transformers import AutoTokenizer
 
-    path = resolve_model(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or default_dtype(device)).to(device)
-    return model, tokenizer
+    return AutoTokenizer.from_pretrained(resolve_model(str(name_or_path)))
+
+
+def load_model_and_tokenizer(name_or_path, dtype=None):
+    """:func:`load_model` and :func:`load_tokenizer` of the same directory or alias."""
+    return load_model(name_or_path, dtype), load_tokenizer(name_or_path)

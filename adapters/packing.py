@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from dpo_plugins.errors import DpoPluginsError
-from dpo_plugins.evals.logps import PairLogps
+from dpo_plugins.adapters.tokenization import PairLogps, truncate
 
-TRUNCATION_MODES = ("keep_start", "keep_end")
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take our 4D mask as given
 DEFAULT_TOKEN_BUDGET = 512
 DEFAULT_LOGIT_CHUNK = 1024
@@ -77,29 +76,6 @@ class Block:
 
     def __len__(self) -> int:
         return len(self.tokens)
-
-
-def truncate(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_length, truncation_mode):
-    """``(ids, completion_mask)`` of one ``[prompt + completion]`` sequence, cut as TRL's collator cuts it."""
-    if truncation_mode not in TRUNCATION_MODES:
-        raise DpoPluginsError(
-            f"truncation_mode {truncation_mode!r}: expected one of {', '.join(TRUNCATION_MODES)}"
-        )
-    ids = list(prompt_ids) + list(completion_ids)
-    mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
-    if max_length is None or len(ids) <= max_length:
-        return ids, mask
-    if truncation_mode == "keep_start":
-        return ids[:max_length], mask[:max_length]
-    return ids[-max_length:], mask[-max_length:]
-
-
-def pair_blocks(index: int, pair: dict, max_length=None, truncation_mode="keep_start") -> list[Block]:
-    """The blocks of one tokenized pair, truncated as TRL's collator truncates it."""
-    prompt = pair["prompt_ids"]
-    chosen = truncate(prompt, pair["chosen_ids"], max_length, truncation_mode)
-    rejected = truncate(prompt, pair["rejected_ids"], max_length, truncation_mode)
-    return sequence_blocks(index, *chosen, *rejected)
 
 
 def sequence_blocks(index: int, chosen_ids, chosen_mask, rejected_ids, rejected_mask) -> list[Block]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -29,6 +27,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from dpo_plugins.adapters.models import cache_dir
+from dpo_plugins.atomic import atomic_file
 from dpo_plugins.adapters.packing import pair_logps
 
 logger = logging.getLogger("dpo_plugins.ref_cache")
@@ -142,14 +141,8 @@ class RefLogpsCache:
         rejected = rejected.detach().to("cpu", torch.float64).contiguous()
         metadata = {"key": json.dumps(asdict(key), sort_keys=True), "sha256": _checksum(chosen, rejected)}
         self.root.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".ref-logps-", suffix=".tmp", dir=self.root)
-        os.close(handle)
-        try:
-            save_file({"chosen": chosen, "rejected": rejected}, tmp, metadata=metadata)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.path(key)) as temporary:
+            save_file({"chosen": chosen, "rejected": rejected}, str(temporary), metadata=metadata)
         return self.path(key)
 
     def get_or_compute(self, key: RefCacheKey, n_pairs: int, compute: Callable[[], tuple]):

@@ -14,7 +14,8 @@ diverge. ``tests/test_tokenization.py`` compares against a real
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from dpo_plugins.errors import DpoPluginsError
 
@@ -31,6 +32,12 @@ def explicit_prompt(row: Mapping[str, Any]) -> dict:
 
 def tokenize_pair(row: Mapping[str, Any], tokenizer) -> dict:
     """``{"prompt_ids", "chosen_ids", "rejected_ids"}`` for one TRL preference row."""
+    return tokenize_pair_and_boundary(row, tokenizer)[0]
+
+
+def tokenize_pair_and_boundary(row: Mapping[str, Any], tokenizer) -> tuple[dict, bool]:
+    """:func:`tokenize_pair`, and whether the tokenized prompt had to be cut back to where
+    prompt+completion diverge (a template or whitespace boundary problem ``dpo validate`` reports)."""
     from trl.data_utils import _tokenize, common_prefix_length, is_conversational
 
     example = explicit_prompt(row)
@@ -49,11 +56,12 @@ def tokenize_pair(row: Mapping[str, Any], tokenizer) -> dict:
         ]
     # Some templates render the prompt alone differently; TRL starts the completion where they diverge.
     prompt_len = min(common_prefix_length(prompt_ids, ids) for ids in full_ids)
-    return {
+    pair = {
         "prompt_ids": list(prompt_ids[:prompt_len]),
         "chosen_ids": list(full_ids[0][prompt_len:]),
         "rejected_ids": list(full_ids[1][prompt_len:]),
     }
+    return pair, prompt_len < len(prompt_ids)
 
 
 def _with_suffix(text: str, suffix: str) -> str:
@@ -75,3 +83,32 @@ def check_truncation_mode(truncation_mode: str) -> None:
         raise DpoPluginsError(
             f"truncation_mode {truncation_mode!r}: expected one of {', '.join(TRUNCATION_MODES)}"
         )
+
+
+def truncate(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_length=None, truncation_mode="keep_start"):
+    """``(ids, completion_mask)`` of one ``[prompt + completion]`` sequence, cut as TRL's collator cuts it."""
+    check_truncation_mode(truncation_mode)
+    ids = list(prompt_ids) + list(completion_ids)
+    mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
+    if max_length is None or len(ids) <= max_length:
+        return ids, mask
+    if truncation_mode == "keep_start":
+        return ids[:max_length], mask[:max_length]
+    return ids[-max_length:], mask[-max_length:]
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Float tensors of shape ``(B,)``, in the order the pairs were given.
+
+    ``chosen`` / ``rejected``: sums of log-probs over the completion tokens
+    that survive TRL's truncation (float64 from :func:`pair_logps`, both
+    forwards; in training, the packed forward's own dtype).
+    ``chosen_lengths`` / ``rejected_lengths``:
+    how many completion tokens survive (TRL's count, which IPO divides by).
+    """
+
+    chosen: Any
+    rejected: Any
+    chosen_lengths: Any
+    rejected_lengths: Any

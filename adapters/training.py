@@ -1,4 +1,4 @@
-"""``dpo train`` end to end: data, models, LoRA, SFT-first, the plugin trainer, outputs.
+"""A ``dpo train`` run once its settings and data are known: models, LoRA, SFT-first, the plugin trainer, outputs.
 
 Everything here uses TRL / transformers / PEFT public APIs; the one class
 that reaches into TRL internals is :class:`~dpo_plugins.adapters.trl.
@@ -12,38 +12,41 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Callable, Optional
 
+from dpo_plugins.atomic import atomic_directory
 from dpo_plugins.errors import DpoPluginsError
-from dpo_plugins.records import read_trl_rows
 
-from .models import resolve_model
-from .trl import PluginDPOTrainer, inherited_loss_params, resolve_losses, unsupported_options
+from .models import load_model, load_tokenizer, resolve_model
+from .distributed import world_size
+from .loss_selection import select_losses
+from .trl import PluginDPOTrainer
 
 logger = logging.getLogger("dpo_plugins.train")
 SFT_DONE = "dpo-plugins-sft-complete.json"
 
 
-def run_training(settings) -> Path:
-    """Train as ``settings`` say; returns the output directory."""
+def run_training(settings, read_rows: Callable[[str, Optional[str]], list]) -> Path:
+    """Train as ``settings`` say; returns the output directory.
+
+    ``read_rows(path, format)`` reads ``--data`` / ``--eval-data`` as TRL rows
+    (the formats layer's ``read_trl_rows``), after the losses and options
+    were checked, so a bad option is reported before any data is read.
+    """
     options, args = settings.options, settings.dpo
     _check_combinations(options, args)
-    terms = resolve_losses(args.loss_type, args.loss_weights, options.loss_param, inherited_loss_params(args))
-    problems = unsupported_options(args, terms, options.ref_model is not None)
-    if problems:
-        raise DpoPluginsError("unsupported option combination:\n" + "\n".join(problems))
+    terms = select_losses(args, options.loss_param, options.ref_model is not None)
     args.precompute_ref_log_probs = precompute_reference(terms, args, options)
     resume = _resume_checkpoint(args)
-    train_rows = read_trl_rows(options.data, options.from_format)
-    eval_rows = read_trl_rows(options.eval_data, options.from_format) if options.eval_data else None
+    train_rows = read_rows(options.data, options.from_format)
+    eval_rows = read_rows(options.eval_data, options.from_format) if options.eval_data else None
 
     model_path = resolve_model(options.model)
     if options.sft_first:
         model_path = run_sft(model_path, train_rows, options, args)
     ref_path = resolve_model(options.ref_model) if options.ref_model else None
-    trainer = _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args)
+    trainer = _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args, terms)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     trainer.log_metrics("train", result.metrics)
@@ -73,7 +76,7 @@ def precompute_reference(terms, args, options) -> bool:
     """
     if args.precompute_ref_log_probs is not None:
         return args.precompute_ref_log_probs
-    one_process = int(os.environ.get("WORLD_SIZE", "1")) == 1 and not args.fsdp and not args.deepspeed
+    one_process = world_size() == 1 and not args.fsdp and not args.deepspeed
     uses_reference = any(term.needs_reference for term in terms)
     return uses_reference and one_process and not args.sync_ref_model and not options.trl_forward
 
@@ -143,9 +146,7 @@ def _dtype(args):
 
 
 def _load_model(path: Path, args):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(args))
+    return load_model(path, _dtype(args))
 
 
 def _lora_config(options):
@@ -161,10 +162,8 @@ def _lora_config(options):
     )
 
 
-def _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+def _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args, terms):
+    tokenizer = load_tokenizer(model_path)
     model = _load_model(model_path, args)
     ref_model = _load_model(ref_path, args) if ref_path else None
     explicit_other_reference = ref_path is not None and Path(ref_path).resolve() != Path(model_path).resolve()
@@ -177,7 +176,7 @@ def _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args):
             eval_dataset=_dataset(eval_rows, options.eval_data) if eval_rows is not None else None,
             processing_class=tokenizer,
             peft_config=_lora_config(options) if options.lora else None,
-            loss_params=options.loss_param,
+            loss_terms=terms,
             check_reference=not explicit_other_reference,
             packed_forward=not options.trl_forward,
         )
@@ -197,7 +196,6 @@ def _dataset(rows, path):
 def run_sft(model_path: Path, rows: list[dict], options, args) -> Path:
     """SFT on prompt -> chosen; returns the SFT model directory (reused if already complete)."""
     from datasets import Dataset
-    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
     from trl.data_utils import maybe_extract_prompt
 
@@ -227,7 +225,7 @@ def run_sft(model_path: Path, rows: list[dict], options, args) -> Path:
         disable_tqdm=args.disable_tqdm,
         save_strategy="no",
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     logger.info("--sft-first: supervised fine-tuning on %d chosen responses", len(sft_rows))
     trainer = SFTTrainer(
         model=_load_model(model_path, args),
@@ -242,12 +240,9 @@ def run_sft(model_path: Path, rows: list[dict], options, args) -> Path:
     if options.lora:  # DPO trains a fresh adapter on top of the SFT weights
         model = model.merge_and_unload()
     if trainer.is_world_process_zero():
-        building = Path(tempfile.mkdtemp(prefix="sft-model.building-", dir=args.output_dir))
-        model.save_pretrained(building)
-        tokenizer.save_pretrained(building)
-        (building / SFT_DONE).write_text(json.dumps({"base": str(model_path)}) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(building, target)
+        with atomic_directory(target, replace=True) as building:
+            model.save_pretrained(building)
+            tokenizer.save_pretrained(building)
+            (building / SFT_DONE).write_text(json.dumps({"base": str(model_path)}) + "\n")
     trainer.accelerator.wait_for_everyone()
     return target

@@ -4,7 +4,19 @@ The public API plugins and users build on. Importing this package is cheap:
 no torch, transformers or TRL (those load inside adapters and hook bodies).
 """
 
-from .errors import DpoPluginsError, DuplicateNameError, PluginError, UnknownNameError
+from .errors import (
+    CheckFailed,
+    ConfigError,
+    DpoPluginsError,
+    DuplicateNameError,
+    HealthCheckError,
+    PluginError,
+    RecordError,
+    SelfReferenceError,
+    StageFailed,
+    UnknownNameError,
+    WorkflowStopped,
+)
 from .hookspecs import hookimpl, hookspec
 from .plugins import (
     get_format,
@@ -18,22 +30,33 @@ from .plugins import (
     load_module,
     load_plugins,
 )
-from .specs import CheckResult, Format, Judge, Loss, LossBatch, MergeMethod, StageInfo
+from .records import PreferenceRecord, Problem
+from .specs import Checkpoint, CheckResult, Format, Judge, Loss, LossBatch, MergeMethod, StageInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckFailed",
     "CheckResult",
+    "Checkpoint",
+    "ConfigError",
     "DpoPluginsError",
     "DuplicateNameError",
     "Format",
+    "HealthCheckError",
     "Judge",
     "Loss",
     "LossBatch",
     "MergeMethod",
     "PluginError",
+    "PreferenceRecord",
+    "Problem",
+    "RecordError",
+    "SelfReferenceError",
+    "StageFailed",
     "StageInfo",
     "UnknownNameError",
+    "WorkflowStopped",
     "get_format",
     "get_formats",
     "get_judge",

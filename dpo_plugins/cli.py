@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not args.accepts_extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_arguments = extra
+    args.main = main  # the entry point itself, for a command that runs other subcommands (the demo)
     try:
         load_plugins()
         for module in args.plugin:

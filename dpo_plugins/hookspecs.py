@@ -94,7 +94,7 @@ def register_judges() -> Iterable[Judge]:
 def check_merged_model(checkpoint) -> Iterable[CheckResult]:
     """Return or yield checks of a freshly merged checkpoint; a failure vetoes it.
 
-    ``checkpoint`` is a :class:`dpo_plugins.checkpoint_checks.Checkpoint`:
+    ``checkpoint`` is a :class:`dpo_plugins.Checkpoint`:
     ``path``, the requested ``dtype`` (or None), ``config()`` (config.json as
     a dict), and the cached loaders ``tokenizer()`` and ``model()``. Every
     plugin's checks run; any ``CheckResult(passed=False)`` stops ``dpo merge``

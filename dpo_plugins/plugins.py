@@ -34,8 +34,8 @@ DEFAULT_PLUGINS = (
     "dpo_plugins.default_plugins.formats",
     "dpo_plugins.default_plugins.losses",
     "dpo_plugins.default_plugins.judges",
-    "dpo_plugins.default_plugins.merges",
-    "dpo_plugins.default_plugins.checkpoint_checks",
+    "dpo_plugins.default_plugins.merge_methods",
+    "dpo_plugins.default_plugins.checks",
 )
 
 # kind -> (registration hook, the record type that hook must yield)
@@ -133,9 +133,7 @@ def _distribution_of_module(top_level: str) -> str | None:
     for dist_name in _packages_distributions().get(top_level, ()):
         return f"{dist_name} {metadata.version(dist_name)}"
     if top_level == "dpo_plugins":  # an editable install maps no files to us
-        from . import __version__
-
-        return f"dpo-plugins {__version__}"
+        return f"dpo-plugins {metadata.version('dpo-plugins')}"
     return None
 
 
@@ -190,13 +188,18 @@ def registrations(kind: str) -> Dict[str, Registration]:
     return found
 
 
-def lookup(kind: str, name: str) -> Any:
-    """The record of ``kind`` called ``name``, or an error listing the names."""
+def lookup_registration(kind: str, name: str) -> Registration:
+    """The record of ``kind`` called ``name`` with its provider, or an error listing the names."""
     found = registrations(kind)
     if name not in found:
         available = ", ".join(sorted(found)) or "(none)"
         raise UnknownNameError(f"unknown {kind} {name!r}; available: {available}")
-    return found[name].spec
+    return found[name]
+
+
+def lookup(kind: str, name: str) -> Any:
+    """The record of ``kind`` called ``name``, or an error listing the names."""
+    return lookup_registration(kind, name).spec
 
 
 def get_formats() -> Dict[str, Format]:

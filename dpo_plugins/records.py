@@ -9,8 +9,7 @@ can represent.
 
 Problems are reported as :class:`Problem` values (a JSON path inside the row,
 a message, the rule that found it); :class:`RecordError` carries all of a
-row's problems at once. :func:`read_trl_rows` is the one entry point the
-train and eval commands use to read preference data of any format.
+row's problems at once.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import DpoPluginsError
+from .errors import RecordError  # noqa: F401  (formats raise it with the Problems below)
 
 ERROR = "error"
 WARNING = "warning"
@@ -63,28 +62,3 @@ class Problem:
     message: str
     rule: str
     severity: str = ERROR
-
-
-class RecordError(DpoPluginsError):
-    """A row that cannot be read or written; ``problems`` lists them all."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = list(problems)
-        super().__init__("; ".join(f"{p.path}: {p.message}" for p in self.problems))
-
-
-def read_trl_rows(path, from_format: Optional[str] = None) -> list[dict]:
-    """Read preference data of any registered format as TRL DPO rows.
-
-    Each row has ``prompt``, ``chosen`` and ``rejected`` — message lists
-    (TRL's conversational format) or strings (standard format, when the
-    source held strings) — with the prompt always explicit, plus ``tools``
-    as a JSON string when the row offers tools (TRL's ``DPOTrainer`` decodes
-    a string ``tools`` column; a string keeps differently shaped schemas out
-    of Arrow's column typing). Other fields are dropped. The format is
-    auto-detected when ``from_format`` is None. Raises
-    :class:`DpoPluginsError` listing every bad line.
-    """
-    from .formats.pipeline import read_trl_rows as read
-
-    return read(path, from_format)

@@ -10,7 +10,11 @@ the records that describe them do not need torch to exist.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, Optional, Tuple
 
@@ -35,6 +39,12 @@ class Format:
     ``check_file(summary)`` yields problems about the file as a whole (e.g. a
     minimum number of examples); ``summary`` has ``path``, ``rows`` (valid
     records) and ``size_bytes``.
+
+    ``schema`` groups formats that read the same rows under different rules
+    (the ``azure`` and ``openai`` profiles): ``dpo validate --profile P`` reads
+    a file of P's schema under P's rules directly. ``max_example_tokens``: a
+    service's limit on the tokens of one example, checked by ``dpo validate
+    --model``.
     """
 
     kind: ClassVar[str] = "format"
@@ -46,6 +56,8 @@ class Format:
     description: str = ""
     lint: Optional[Callable[[dict], Any]] = None
     check_file: Optional[Callable[[Any], Any]] = None
+    schema: Optional[str] = None
+    max_example_tokens: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -164,3 +176,40 @@ class StageInfo:
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
         object.__setattr__(self, "config", _freeze(self.config))
+
+
+class Checkpoint:
+    """A checkpoint directory under inspection, with cached loaders.
+
+    Checks share one tokenizer and one model (loaded on first use, on CPU,
+    in the dtype the checkpoint was saved in).
+    """
+
+    def __init__(self, path, dtype: Optional[str] = None):
+        self.path = Path(path)
+        self.dtype = dtype
+
+    def config(self) -> dict:
+        return self._config
+
+    @cached_property
+    def _config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    def tokenizer(self):
+        return self._tokenizer
+
+    @cached_property
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path)
+
+    def model(self):
+        return self._model
+
+    @cached_property
+    def _model(self):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.path, dtype="auto").eval()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from dpo_plugins.errors import DpoPluginsError
 
@@ -45,7 +45,7 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     from dpo_plugins.adapters.models import load_model_and_tokenizer
     from dpo_plugins.adapters.tokenization import explicit_prompt, prompt_dropped, tokenize_pair
 
-    from .distributed import is_main_process, process_info, wait_for_everyone
+    from dpo_plugins.adapters.distributed import is_main_process, process_info, wait_for_everyone
     from .reward_accuracy import SelfReferenceError, check_not_self_reference, reward_metrics, score_pairs
     from .report import write_report
 
@@ -104,7 +104,7 @@ def _cached_reference_logps(request: EvalRequest, reference, tokenizer, pairs) -
     """
     from dpo_plugins.adapters.ref_cache import RefLogpsCache, make_key
 
-    from .distributed import every_process, is_main_process
+    from dpo_plugins.adapters.distributed import every_process, is_main_process
     from .logps import pair_logps
 
     cache = RefLogpsCache()
@@ -145,7 +145,7 @@ def _same_path(a: str, b: str) -> bool:
 
 
 def _win_rate(request: EvalRequest, policy, tokenizer, reference, load):
-    from .distributed import is_main_process
+    from dpo_plugins.adapters.distributed import is_main_process
     from .winrate import GenerationSettings, generate, judge_both_orders, pair_outputs, prompt_key, read_outputs, unique_prompts
 
     settings = GenerationSettings(**request.generation)

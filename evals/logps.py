@@ -19,43 +19,15 @@ unsupported_reason`) is scored the plain way, with a log line saying why.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from dpo_plugins.adapters.tokenization import check_truncation_mode
+from dpo_plugins.adapters.tokenization import PairLogps, check_truncation_mode, truncate
 from dpo_plugins.errors import DpoPluginsError
 
-from .distributed import is_main_process, local_share, map_shared
+from dpo_plugins.adapters.distributed import is_main_process, local_share, map_shared
 
 logger = logging.getLogger("dpo_plugins.eval")
 FORWARDS = ("packed", "plain")
-
-
-@dataclass(frozen=True)
-class PairLogps:
-    """Float tensors of shape ``(B,)``, in the order the pairs were given.
-
-    ``chosen`` / ``rejected``: sums of log-probs over the completion tokens
-    that survive TRL's truncation (float64 from :func:`pair_logps`, both
-    forwards; in training, the packed forward's own dtype).
-    ``chosen_lengths`` / ``rejected_lengths``:
-    how many completion tokens survive (TRL's count, which IPO divides by).
-    """
-
-    chosen: Any
-    rejected: Any
-    chosen_lengths: Any
-    rejected_lengths: Any
-
-
-def truncated_row(prompt_ids, completion_ids, max_length=None, truncation_mode="keep_start"):
-    """``(input_ids, completion_mask)`` for one sequence, truncated as TRL's collator does."""
-    ids = list(prompt_ids) + list(completion_ids)
-    mask = [0] * len(prompt_ids) + [1] * len(completion_ids)
-    if max_length is not None:
-        cut = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
-        ids, mask = ids[cut], mask[cut]
-    return ids, mask
 
 
 def pair_logps(
@@ -113,7 +85,7 @@ def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress
     rows = []
     for pair in pairs:
         for key in ("chosen_ids", "rejected_ids"):
-            rows.append(truncated_row(pair["prompt_ids"], pair[key], max_length, truncation_mode))
+            rows.append(truncate(pair["prompt_ids"], pair[key], max_length, truncation_mode))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]), reverse=True)
     sums = torch.zeros(len(rows), dtype=torch.float64)  # sums of ~1000 tokens lose 1e-4 in float32
     lengths = torch.zeros(len(rows), dtype=torch.float32)

@@ -9,11 +9,10 @@ NaN can never appear as a number.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from dpo_plugins.atomic import atomic_file, discard, publish, staging_folder
 
 MARGIN_PLOT = "margin_histogram.png"
 WINRATE_PLOT = "win_rate.png"
@@ -23,8 +22,7 @@ def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Map
                  generation_rows: Sequence[Mapping] = ()) -> list[Path]:
     """Write the report files into ``report_dir``; return their paths."""
     report_dir = Path(report_dir)
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.writing-", dir=report_dir.parent))
+    staging = staging_folder(report_dir)
     try:
         _dump_json(staging / "metrics.json", metrics)
         _dump_jsonl(staging / "pairs.jsonl", pair_rows)
@@ -39,11 +37,11 @@ def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Map
         report_dir.mkdir(exist_ok=True)
         written = []
         for path in sorted(staging.iterdir()):
-            os.replace(path, report_dir / path.name)
+            publish(path, report_dir / path.name)
             written.append(report_dir / path.name)
         return written
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
 
 
 def _dump_json(path: Path, value) -> None:
@@ -56,7 +54,8 @@ def _dump_jsonl(path: Path, rows) -> None:
             handle.write(json.dumps(row, allow_nan=False, ensure_ascii=False) + "\n")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,26 +64,35 @@ def _pyplot():
     return plt
 
 
+def save_figure(figure, path: Path) -> None:
+    """Lay out ``figure``, write it to ``path`` as PNG atomically, and free it."""
+    plt = pyplot()
+    try:
+        figure.tight_layout()
+        with atomic_file(path) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
+    finally:
+        plt.close(figure)
+
+
 def _margin_histogram(path: Path, pair_rows, metrics) -> Path | None:
     margins = [row["margin"] for row in pair_rows if row.get("margin") is not None]
     if not margins:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.hist(margins, bins=min(40, max(5, len(margins) // 2)), color="#4c72b0")
     axis.axvline(0, color="black", linewidth=1)
     label = "log-ratio margin (chosen - rejected)" if metrics.get("reward_mode") == "dpo" else "score margin (chosen - rejected)"
     axis.set_xlabel(label)
     axis.set_ylabel("pairs")
-    axis.set_title(f"reward accuracy {_pct(metrics.get('reward_accuracy'))} over {metrics.get('n_pairs')} pairs")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    axis.set_title(f"reward accuracy {percent(metrics.get('reward_accuracy'))} over {metrics.get('n_pairs')} pairs")
+    save_figure(figure, path)
     return path
 
 
 def _win_rate_bars(path: Path, metrics) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     n = metrics["wins"] + metrics["losses"] + metrics["ties"]
     figure, (counts, rate) = plt.subplots(1, 2, figsize=(8, 4), gridspec_kw={"width_ratios": [3, 1]})
     counts.bar(["win", "tie", "loss"], [metrics["wins"] / n, metrics["ties"] / n, metrics["losses"] / n],
@@ -97,14 +105,14 @@ def _win_rate_bars(path: Path, metrics) -> Path:
     rate.axhline(0.5, color="black", linewidth=1, linestyle="--")
     rate.set_ylim(0, 1)
     rate.set_title("95% CI (Wilson)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
     return path
 
 
-def _pct(value) -> str:
+def percent(value) -> str:
+    """A fraction as ``12.3%`` (``n/a`` for None)."""
     return "n/a" if value is None else f"{100 * value:.1f}%"
+
 
 
 def _num(value, digits=4) -> str:
@@ -121,7 +129,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
               "(ties count as wrong, as RewardBench).", "",
               "| metric | value |", "|---|---|",
               f"| pairs | {metrics.get('n_pairs')} |",
-              f"| reward accuracy | {_pct(metrics.get('reward_accuracy'))} |",
+              f"| reward accuracy | {percent(metrics.get('reward_accuracy'))} |",
               f"| ties | {metrics.get('reward_ties')} |",
               f"| mean margin | {_num(metrics.get('mean_margin'))} |",
               f"| pairs dropped (prompt fills max_length, as TRL) | {metrics.get('n_dropped', 0)} |", ""]
@@ -132,10 +140,10 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
                   "a win only when both orders agree.", "",
                   "| metric | value |", "|---|---|",
                   f"| wins / ties / losses | {metrics['wins']} / {metrics['ties']} / {metrics['losses']} |",
-                  f"| win rate (ties half) | {_pct(metrics['win_rate'])} |",
-                  f"| 95% CI ({metrics['win_rate_ci_method']}) | {_pct(ci[0])} – {_pct(ci[1])} |",
-                  f"| length-controlled win rate | {_pct(metrics.get('lc_win_rate'))} |",
-                  f"| judge position consistency | {_pct(metrics.get('position_consistency'))} |",
+                  f"| win rate (ties half) | {percent(metrics['win_rate'])} |",
+                  f"| 95% CI ({metrics['win_rate_ci_method']}) | {percent(ci[0])} – {percent(ci[1])} |",
+                  f"| length-controlled win rate | {percent(metrics.get('lc_win_rate'))} |",
+                  f"| judge position consistency | {percent(metrics.get('position_consistency'))} |",
                   f"| mean length policy / baseline (chars) | {_num(metrics.get('avg_len_policy'), 1)} / "
                   f"{_num(metrics.get('avg_len_baseline'), 1)} |", "",
                   f"Length control: {metrics.get('lc_win_rate_note')}.", "",

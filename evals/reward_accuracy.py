@@ -14,15 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from dpo_plugins.errors import DpoPluginsError
+from dpo_plugins.errors import DpoPluginsError, SelfReferenceError
 
 from .logps import PairLogps, pair_logps
 
 MODES = ("dpo", "ref-free-sum", "ref-free-mean")
-
-
-class SelfReferenceError(DpoPluginsError):
-    """The policy was about to be scored against itself (every log-ratio 0)."""
 
 
 @dataclass

@@ -56,7 +56,7 @@ def generate(model, tokenizer, prompts: Sequence[Any], settings: GenerationSetti
     import torch
     from tqdm.auto import tqdm
 
-    from .distributed import is_main_process, local_share, map_shared
+    from dpo_plugins.adapters.distributed import is_main_process, local_share, map_shared
 
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample \
@@ -145,12 +145,10 @@ def pair_outputs(policy: Sequence[tuple[str, Any, str]], baseline: Sequence[tupl
 def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs, params: Mapping[str, Any] | None = None,
                       references: Sequence[str] | None = None):
     """``(metrics, per_prompt_rows)`` for the policy against the baseline under one judge."""
-    from dpo_plugins.plugins import registrations
+    from dpo_plugins.plugins import lookup_registration
 
-    found = registrations("judge")
-    if judge_name not in found:
-        raise DpoPluginsError(f"unknown judge {judge_name!r}; available: {', '.join(sorted(found)) or '(none)'}")
-    judge, provider = found[judge_name].spec, found[judge_name].provider
+    registration = lookup_registration("judge", judge_name)
+    judge, provider = registration.spec, registration.provider
     settings = {**judge.params, **(params or {})}
     if "references" in judge.params and settings.get("references") is None and references is not None:
         settings["references"] = list(references)

@@ -8,9 +8,10 @@ import shutil
 import pytest
 
 from dpo_plugins import CheckResult, Judge, hookimpl
-from dpo_plugins.anneal import check_stage, load_anneal_plan, merge_stage
-from dpo_plugins.workflow import StageFailed, run_stages
-from dpo_plugins.yaml_config import ConfigError
+from dpo_plugins.workflows.anneal import check_stage, load_anneal_plan, merge_stage
+from dpo_plugins.errors import StageFailed
+from dpo_plugins.workflows.stages import run_stages
+from dpo_plugins.errors import ConfigError
 
 from conftest import build_tiny_model
 
@@ -129,7 +130,7 @@ def test_merge_and_check_stages_resume_and_keep_the_merge_when_a_check_vetoes(pa
 
 
 def test_the_report_compares_every_model_and_says_which_is_the_reference(tmp_path):
-    from dpo_plugins.anneal_report import write_report
+    from dpo_plugins.evals.compare import write_report
 
     row = {"reward_ties": 0, "mean_margin": 0.25}
     evaluation = {
@@ -173,7 +174,7 @@ def test_dpo_train_settings_are_validated_up_front_with_lines_in_the_anneal_file
     config.write_text(anneal_yaml(parents, tmp_path / "run", extra="  bta: 0.2\n"))
     with pytest.raises(ConfigError) as caught:
         load_anneal_plan(config)
-    assert caught.value.problems == [f"{config}:15: anneal.bta: unknown option (did you mean 'beta'?)"]
+    assert caught.value.problems == [f"{config}:15: anneal.bta: unknown option; did you mean 'beta'?"]
     assert not (tmp_path / "run").exists()
 
 

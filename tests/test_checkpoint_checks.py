@@ -7,12 +7,14 @@ import shutil
 import pytest
 
 from dpo_plugins import hookimpl
-from dpo_plugins.checkpoint_checks import CheckFailed, Checkpoint, require_checks_pass, run_checks
+from dpo_plugins.errors import CheckFailed
+from dpo_plugins.specs import Checkpoint
+from dpo_plugins.workflows.merge import require_checks_pass, run_checks
 from dpo_plugins.errors import PluginError
 
 from conftest import build_tiny_model
 
-BUILTIN = "dpo_plugins.default_plugins.checkpoint_checks"
+BUILTIN = "dpo_plugins.default_plugins.checks"
 
 
 def verdicts(results):

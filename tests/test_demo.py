@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from dpo_plugins.demo import OUTPUT_MARKER, DemoSettings, fresh_output_dir, run_demo
+from dpo_plugins.cli import main
+from dpo_plugins.workflows.demo import OUTPUT_MARKER, DemoSettings, fresh_output_dir, run_demo
 from dpo_plugins.errors import DpoPluginsError
 
 
@@ -15,7 +16,7 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
                             heldout_pairs=6, judged_prompts=2, max_steps=2, batch_size=4, max_length=192,
                             max_new_tokens=4)
     output = fresh_output_dir(tmp_path / "demo")
-    metrics = run_demo(output, settings)
+    metrics = run_demo(output, main, settings)
 
     def read(name):
         return json.loads((output / name / "metrics.json").read_text())
@@ -37,7 +38,7 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
 
 def test_the_demo_never_replaces_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(DpoPluginsError, match="not an earlier demo's output"):
+    with pytest.raises(DpoPluginsError, match="not an earlier dpo demo's output"):
         fresh_output_dir(tmp_path)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     earlier = tmp_path / "earlier"

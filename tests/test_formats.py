@@ -15,7 +15,8 @@ from dpo_plugins.cli import main
 from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.formats import azure
 from dpo_plugins.formats.pipeline import FileSummary
-from dpo_plugins.records import PreferenceRecord, Problem, RecordError, read_trl_rows
+from dpo_plugins.formats.pipeline import read_trl_rows
+from dpo_plugins.records import PreferenceRecord, Problem, RecordError
 
 DATA = Path(__file__).parent / "data"
 HH = Path(dpo_plugins.__file__).parent / "data" / "hh-rlhf" / "harmless-base-test-first400.jsonl.gz"

@@ -8,7 +8,7 @@ from dpo_plugins.cli import main
 from conftest import build_tiny_model
 from test_formats import HH
 
-from dpo_plugins.records import read_trl_rows
+from dpo_plugins.formats.pipeline import read_trl_rows
 
 
 def test_hh_to_azure_to_hf_output_trains_a_step_in_stock_dpo_trainer(tmp_path, tokenizer):
@@ -33,7 +33,7 @@ def test_token_checks_match_what_dpo_trainer_builds_and_drops(tmp_path, tokenize
     import datasets
     from trl import DPOConfig, DPOTrainer
 
-    from dpo_plugins.formats.model_checks import TokenChecks
+    from dpo_plugins.formats.token_checks import TokenChecks
     from dpo_plugins.formats.pipeline import Report, _formats, records
 
     rows = read_trl_rows(HH)[:40]
@@ -51,7 +51,7 @@ def test_token_checks_match_what_dpo_trainer_builds_and_drops(tmp_path, tokenize
         if any(p.rule == "prompt-too-long" for p in problems):
             dropped += 1
         else:
-            ours.append(checks.tokenize(record))
+            ours.append(checks.tokenize(record)[:3])
     assert dropped > 0 and len(kept) == 40 - dropped and checks.summary()["rows_trl_drops"] == dropped
     assert [list(t) for t in ours] == [[r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]] for r in kept]
 
@@ -125,10 +125,10 @@ def test_truncation_checks(tmp_path, smollm2_dir, capsys):
 
 
 def test_example_token_limit_applies_to_hosted_formats(tmp_path, smollm2_dir):
-    from dpo_plugins.formats import model_checks
+    from dpo_plugins.formats import token_checks
     from dpo_plugins.records import PreferenceRecord
 
-    checks = model_checks.TokenChecks(str(smollm2_dir), None, example_limit=20)
+    checks = token_checks.TokenChecks(str(smollm2_dir), None, example_limit=20)
     record = PreferenceRecord(prompt=[{"role": "user", "content": "Hi"}],
                               chosen=[{"role": "assistant", "content": "word " * 40}],
                               rejected=[{"role": "assistant", "content": "No."}])

@@ -13,10 +13,10 @@ import torch
 
 from dpo_plugins import MergeMethod, hookimpl
 from dpo_plugins.cli import main
-from dpo_plugins.merging import load_merge_plan, merge_into
+from dpo_plugins.workflows.merge import load_merge_plan, merge_into
 from dpo_plugins.plugins import registrations
 from dpo_plugins.specs import CheckResult
-from dpo_plugins.yaml_config import ConfigError
+from dpo_plugins.errors import ConfigError
 
 from conftest import build_tiny_model
 
@@ -71,7 +71,7 @@ def test_every_mergekit_method_is_a_builtin_listed_by_dpo_plugins(capsys):
 
     shipped = {method.spec.name for method in mergekit.merge_methods.registered_methods()}
     builtins = {name for name, r in registrations("merge_method").items()
-                if r.provider.startswith("dpo_plugins.default_plugins.merges ")}
+                if r.provider.startswith("dpo_plugins.default_plugins.merge_methods ")}
     assert shipped == builtins
     assert {"linear", "slerp", "ties", "dare_ties", "task_arithmetic", "model_stock"} <= builtins
     assert main(["plugins", "--json"]) == 0

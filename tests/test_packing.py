@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dpo_plugins.adapters import packing
+from dpo_plugins.adapters.tokenization import truncate
 from dpo_plugins.errors import DpoPluginsError
 
 from conftest import build_tiny_model
@@ -101,7 +102,7 @@ def plain_pair_logps(model, pairs, max_length=None, truncation_mode="keep_start"
     chosen, rejected, chosen_len, rejected_len = [], [], [], []
     for pair in pairs:
         for completion, sums, lengths in ((pair["chosen_ids"], chosen, chosen_len), (pair["rejected_ids"], rejected, rejected_len)):
-            ids, mask = packing.truncate(pair["prompt_ids"], completion, max_length, truncation_mode)
+            ids, mask = truncate(pair["prompt_ids"], completion, max_length, truncation_mode)
             ids, mask = torch.tensor([ids]), torch.tensor(mask)
             logits = model(input_ids=ids).logits[0, :-1].float()
             token_logps = logits.log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
@@ -176,7 +177,7 @@ def test_rejected_tokens_never_see_chosen_tokens(tokenizer):
 
 
 def test_layout_shares_the_prompt_and_continues_positions():
-    [block] = packing.pair_blocks(0, {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6, 7, 8]})
+    [block] = _pair_blocks(0, [1, 2, 3], [4, 5], [6, 7, 8])
     assert block.tokens == (1, 2, 3, 4, 6, 7)  # the last token of each branch predicts nothing
     assert block.positions == (0, 1, 2, 3, 3, 4)
     # chosen[0] and rejected[0] are both predicted by the last prompt token
@@ -193,8 +194,8 @@ def test_packing_fills_rows_up_to_the_budget_without_padding():
 def test_block_diagonal_mask(tokenizer):
     model = build_tiny_model(tokenizer)
     blocks = [
-        packing.pair_blocks(0, {"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5, 6]})[0],
-        packing.pair_blocks(1, {"prompt_ids": [7], "chosen_ids": [8, 8], "rejected_ids": [9]})[0],
+        _pair_blocks(0, [1, 2], [3, 4], [5, 6])[0],
+        _pair_blocks(1, [7], [8, 8], [9])[0],
     ]
     _, positions, mask = packing.row_inputs(blocks, model)
     assert positions.tolist() == [[0, 1, 2, 2, 0, 1]]
@@ -285,3 +286,7 @@ def test_a_model_it_cannot_serve_is_refused_not_miscomputed(trl_pairs, tokenizer
     assert "final_logit_softcapping=30.0" in packing.unsupported_reason(model)
     with pytest.raises(DpoPluginsError, match="use the stock forward for this model"):
         packing.pair_logps(model, trl_pairs[:1])
+
+
+def _pair_blocks(index, prompt, chosen, rejected):
+    return packing.sequence_blocks(index, *truncate(prompt, chosen), *truncate(prompt, rejected))

@@ -10,7 +10,8 @@ from conftest import build_tiny_model
 from dpo_plugins.adapters.tokenization import prompt_dropped, tokenize_pair
 from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.evals.logps import FORWARDS, pair_logps
-from dpo_plugins.evals.reward_accuracy import SelfReferenceError, reward_metrics, score_pairs
+from dpo_plugins.errors import SelfReferenceError
+from dpo_plugins.evals.reward_accuracy import reward_metrics, score_pairs
 from hh_test_rows import hh_rows
 
 ROWS = [

@@ -278,7 +278,7 @@ def test_a_reference_free_loss_refuses_a_reference(tokenizer, tmp_path):
 
 
 def test_loss_params_are_typed_and_checked():
-    from dpo_plugins.adapters.trl import parse_loss_params, resolve_losses
+    from dpo_plugins.adapters.loss_selection import parse_loss_params, resolve_losses
 
     terms = resolve_losses(["robust", "simpo"], [0.5, 2], parse_loss_params(["label_smoothing=0.25", "simpo.gamma=1"]))
     assert [(t.name, t.weight, t.params, t.needs_reference) for t in terms] == [
@@ -329,7 +329,8 @@ def test_trl_options_plugin_losses_cannot_honour_are_errors(tokenizer, tmp_path)
 def test_a_reference_that_is_not_the_initial_policy_fails_at_step_0(tokenizer, tmp_path):
     from datasets import Dataset
 
-    from dpo_plugins.adapters.trl import HealthCheckError, PluginDPOTrainer
+    from dpo_plugins.adapters.trl import PluginDPOTrainer
+    from dpo_plugins.errors import HealthCheckError
 
     trainer = PluginDPOTrainer(
         model=build_tiny_model(tokenizer),
@@ -354,7 +355,8 @@ class DetachedPlugin:
 
 
 def test_parameters_without_gradient_fail_at_step_0(tokenizer, tmp_path, registered):
-    from dpo_plugins.adapters.trl import HealthCheckError, PluginDPOTrainer
+    from dpo_plugins.adapters.trl import PluginDPOTrainer
+    from dpo_plugins.errors import HealthCheckError
 
     registered(DetachedPlugin(), "zero-gradient-plugin")
     trainer = make_trainer(PluginDPOTrainer, tokenizer, dpo_config(tmp_path, "x", loss_type=["zero_gradient"]))

@@ -35,7 +35,7 @@ def pairs_file(tmp_path):
 
 
 def settings_for(argv):
-    from dpo_plugins.train_config import build_settings
+    from dpo_plugins.workflows.train import build_settings
 
     args, extra = cli.build_parser().parse_known_args(["train", *argv])
     return build_settings(args, extra)
@@ -83,7 +83,7 @@ def test_every_config_problem_is_listed_with_its_line(tmp_path, capsys):
     config.write_text("learning_rat: 1e-5\nbatch_size: many\nn_epochs: 2\nnum_train_epochs: 3\n")
     assert cli.main(["train", "--config", str(config)]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        f"dpo train: error: {config}:1: learning_rat: unknown option (did you mean 'learning_rate'?)",
+        f"dpo train: error: {config}:1: learning_rat: unknown option; did you mean 'learning_rate'?",
         f"{config}:2: batch_size: expected a positive number or 'auto', got 'many'",
         f"{config}:3: n_epochs: also set as num_train_epochs; give one of them",
     ]
@@ -269,7 +269,7 @@ def test_the_reference_is_computed_once_and_a_beta_sweep_reads_it_from_disk(tmp_
 
 def test_the_reference_is_precomputed_unless_told_or_it_cannot_be(tmp_path, pairs_file, monkeypatch):
     from dpo_plugins.adapters.training import precompute_reference
-    from dpo_plugins.adapters.trl import inherited_loss_params, resolve_losses
+    from dpo_plugins.adapters.loss_selection import inherited_loss_params, resolve_losses
 
     def decided(*flags, processes="1"):
         monkeypatch.setenv("WORLD_SIZE", "1")  # building a DPOConfig under WORLD_SIZE=2 would start torch.distributed

@@ -9,7 +9,9 @@ import pytest
 
 from dpo_plugins import StageInfo, hookimpl
 from dpo_plugins.errors import PluginError
-from dpo_plugins.workflow import Stage, StageFailed, atomic_directory, run_stages, write_text_atomic
+from dpo_plugins.atomic import atomic_directory, write_text
+from dpo_plugins.errors import StageFailed
+from dpo_plugins.workflows.stages import Stage, run_stages
 
 
 class Recorder:
@@ -40,14 +42,14 @@ def file_stages(tmp_path, runs, settings=None, fail=None):
 
     def first(done):
         runs.append("first")
-        write_text_atomic(tmp_path / "out" / "first.txt", "one")
+        write_text(tmp_path / "out" / "first.txt", "one")
         return {"text": tmp_path / "out" / "first.txt"}
 
     def second(done):
         runs.append("second")
         if fail:
             raise fail
-        write_text_atomic(tmp_path / "out" / "second.txt", done["first"]["text"].read_text() + "+two")
+        write_text(tmp_path / "out" / "second.txt", done["first"]["text"].read_text() + "+two")
         return {"text": tmp_path / "out" / "second.txt"}
 
     return [Stage("first", first, settings), Stage("second", second)]

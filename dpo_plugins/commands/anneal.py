@@ -23,8 +23,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..anneal import anneal_stages, load_anneal_plan
-    from ..workflow import run_stages
+    from dpo_plugins.workflows.anneal import anneal_stages, load_anneal_plan
+    from dpo_plugins.workflows.stages import run_stages
 
     plan = load_anneal_plan(args.config)
     done = run_stages("anneal", anneal_stages(plan, seed=args.seed), plan.output_dir,

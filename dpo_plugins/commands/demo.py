@@ -19,10 +19,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from dpo_plugins.demo import fresh_output_dir, run_demo
+    from dpo_plugins.workflows.demo import fresh_output_dir, run_demo
 
     output = fresh_output_dir(args.output)
-    metrics = run_demo(output)
+    metrics = run_demo(output, args.main)
     heldout, win = metrics["heldout"], metrics["win_rate"]
     print(f"\nheld-out reward accuracy ({heldout['reward_mode']}): {heldout['reward_accuracy_before']:.1%} before, "
           f"{heldout['reward_accuracy_after']:.1%} after; implicit DPO reward accuracy "

@@ -16,7 +16,7 @@ import json
 import sys
 
 from ..errors import DpoPluginsError
-from ..records import read_trl_rows
+from ..formats.pipeline import read_trl_rows
 from . import show_info_logs
 
 HELP = "reward accuracy and win-rate of a policy, with a report"
@@ -58,7 +58,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from dpo_plugins.evals.distributed import is_main_process
+    from dpo_plugins.adapters.distributed import is_main_process
     from dpo_plugins.evals.harness import EvalRequest, adapter_base, run_eval
 
     show_info_logs("eval")

@@ -25,24 +25,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint_checks import Checkpoint, require_checks_pass
-    from ..merging import load_merge_plan, merge_into
-    from ..workflow import Stage, atomic_directory, run_stages
+    from dpo_plugins.workflows.merge import load_merge_plan, merge_checked
 
     plan = load_merge_plan(args.config, output=args.output, replace=args.force)
-
-    with atomic_directory(args.output, replace=args.force) as building:
-
-        def merge(done):
-            for note in merge_into(plan, building, seed=args.seed):
-                print(f"  {note}")
-            return {"model": building}
-
-        def check(done):
-            for provider, result in require_checks_pass(Checkpoint(building, plan.dtype)):
-                print(f"  ok {result.name}: {result.message}")
-            return {"model": building}
-
-        run_stages("merge", [Stage("merge", merge), Stage("check", check)], building, config=plan.config, resume=False)
+    merge_checked(plan, args.output, lambda note: print(f"  {note}"), replace=args.force, seed=args.seed)
     print(f"merged {len(plan.parents)} models with {plan.method.name!r} into {args.output}")
     return 0

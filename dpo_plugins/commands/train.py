@@ -10,7 +10,7 @@ accepted as --field-name VALUE (for example --beta 0.1 --loss-weights 0.8
 
 from __future__ import annotations
 
-from ..train_config import add_option_arguments
+from dpo_plugins.workflows.train import add_option_arguments
 from . import show_info_logs
 
 HELP = "DPO-train a model (TRL DPOTrainer with plugin losses)"
@@ -33,10 +33,9 @@ def run(args) -> int:
         HfArgumentParser(DPOConfig, prog="dpo train").print_help()
         return 0
     show_info_logs("train")
-    from ..adapters.training import run_training
-    from ..train_config import build_settings
+    from dpo_plugins.workflows.train import build_settings, train
 
-    output_dir = run_training(build_settings(args, args.extra_arguments))
+    output_dir = train(build_settings(args, args.extra_arguments))
     print(f"trained model saved to {output_dir}")
     return 0
 

@@ -25,6 +25,8 @@ def register_formats():
             detect=azure.detect if profile == "azure" else None,
             lint=azure.lint,
             check_file=azure.check_file,
+            schema="openai-preference",
+            max_example_tokens=azure.EXAMPLE_TOKEN_LIMIT,
         )
     yield Format(name="hf", description="TRL pairs: prompt / chosen / rejected, standard or conversational (+ tools)",
                  to_record=hf.to_record, from_record=hf.from_record, detect=hf.detect)

@@ -104,17 +104,14 @@ def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0,
 
 @functools.lru_cache(maxsize=4)
 def _reward_model(name_or_path: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from dpo_plugins.adapters.models import load_model, load_tokenizer
 
-    from dpo_plugins.adapters.models import resolve_model
-
-    path = resolve_model(name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    model = load_model(name_or_path, auto_class="AutoModelForSequenceClassification").eval()
     if model.config.num_labels != 1:
         raise DpoPluginsError(
             f"judge 'reward-model': {name_or_path} has {model.config.num_labels} outputs; a reward model has one"
         )
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, load_tokenizer(name_or_path)
 
 
 def reward_model(prompts, outputs_a, outputs_b, model=None, tie_margin=0.0, **params):

@@ -28,6 +28,7 @@ INPUT_ROLES = ("system", "developer", "user", "assistant", "tool")
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MIN_EXAMPLES = 10
 MAX_FILE_BYTES = 512 * 1024 * 1024
+EXAMPLE_TOKEN_LIMIT = 65_536  # tokens per example
 OUTPUTS = ("preferred_output", "non_preferred_output")
 PLAIN_ROLES = frozenset(("system", "developer", "user", "assistant"))
 

@@ -20,15 +20,13 @@ run leaves nothing behind.
 from __future__ import annotations
 
 import gzip
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
 import orjson
 
+from ..atomic import discard, publish, staging_folder
 from ..errors import DpoPluginsError
 from ..records import Problem
 
@@ -169,9 +167,7 @@ class RowWriter:
         self.path = Path(path)
         self.container = container_of(self.path, for_output=True)
         self.count = 0
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        self._work = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=directory))
+        self._work = staging_folder(self.path)
         arrow = self.container in ("parquet", "datasets")
         raw = open(self._work / ("staged.jsonl" if arrow else "out"), "wb", buffering=1 << 20)
         self._raw = raw
@@ -206,10 +202,8 @@ class RowWriter:
             built = self._write_datasets()
         else:
             built = self._work / "out"
-        if self.path.is_dir() and not self.path.is_symlink():
-            shutil.rmtree(self.path)
-        os.replace(built, self.path)
-        shutil.rmtree(self._work, ignore_errors=True)
+        publish(built, self.path)
+        discard(self._work)
 
     def _staged_batches(self, size: int = 2048):
         batch = []
@@ -258,4 +252,4 @@ class RowWriter:
     def discard(self) -> None:
         """Remove the temporary output; the target path is left untouched."""
         self._close()
-        shutil.rmtree(self._work, ignore_errors=True)
+        discard(self._work)

@@ -208,16 +208,16 @@ def validate(path, from_format=None, profile=None, model=None, max_length=None) 
     profile_format = _named(formats, profile) if profile else None
     duplicates = Duplicates()
     items = open_source(path, from_format, report, formats)
-    if profile and report.source in ("azure", "openai"):
-        report.source = profile  # same schema: read it under the profile's rules directly
     source = formats[report.source]
+    if profile_format is not None and source.schema is not None and source.schema == profile_format.schema:
+        source = profile_format  # same schema: read it under the profile's rules directly
+        report.source = profile
     stream = _records(items, source, report)
     token_checks = None
     if model:
-        from .model_checks import EXAMPLE_TOKEN_LIMIT, TokenChecks
+        from dpo_plugins.formats.token_checks import TokenChecks
 
-        hosted = report.source in ("azure", "openai") or profile is not None
-        token_checks = TokenChecks(model, max_length, EXAMPLE_TOKEN_LIMIT if hosted else None)
+        token_checks = TokenChecks(model, max_length, (profile_format or source).max_example_tokens)
     for line, row, record in stream:
         for problem in source.lint(row) if source.lint else ():
             report.add(line, problem)
@@ -245,7 +245,18 @@ def validate(path, from_format=None, profile=None, model=None, max_length=None) 
 
 
 def read_trl_rows(path, from_format: Optional[str] = None) -> list[dict]:
-    """See :func:`dpo_plugins.records.read_trl_rows`."""
+    """Read preference data of any registered format as TRL DPO rows.
+
+    The one entry point ``dpo train``, ``dpo eval`` and ``dpo anneal`` read
+    data with. Each row has ``prompt``, ``chosen`` and ``rejected`` —
+    message lists (TRL's conversational format) or strings (standard format,
+    when the source held strings) — with the prompt always explicit, plus
+    ``tools`` as a JSON string when the row offers tools (TRL's
+    ``DPOTrainer`` decodes a string ``tools`` column; a string keeps
+    differently shaped schemas out of Arrow's column typing). Other fields
+    are dropped. The format is auto-detected when ``from_format`` is None.
+    Raises :class:`DpoPluginsError` listing every bad line.
+    """
     import orjson
 
     formats = _formats()

@@ -1,4 +1,4 @@
-"""``dpo train``'s settings: our options, TRL's ``DPOConfig``, a YAML file.
+"""``dpo train``: its settings (our options, TRL's ``DPOConfig``, a YAML file) and the run.
 
 Three sources, later ones winning: a YAML file (``--config``), then
 command-line flags. Keys are our :class:`TrainOptions` fields, any
@@ -7,21 +7,25 @@ of Azure OpenAI / OpenAI (:data:`HOSTED_NAMES`, YAML only). ``DPOConfig``
 fields are parsed by transformers' ``HfArgumentParser``, so every field is
 accepted as ``--field-name value`` with TRL's own types and defaults.
 
-Only :func:`build_settings` imports TRL; the option table is plain
-dataclasses so that building the ``dpo`` parser stays cheap.
+``dpo anneal`` builds the same settings from its ``anneal:`` section
+(:func:`settings_from`, with problems located in the anneal file). Only
+:func:`settings_from` imports TRL; the option table is plain dataclasses so
+that building the ``dpo`` parser stays cheap. :func:`train` reads the data
+(any registered format) and hands everything to
+:func:`dpo_plugins.adapters.training.run_training`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from .errors import DpoPluginsError
+from dpo_plugins.adapters.distributed import world_size
+from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
+from dpo_plugins.workflows.config import load_yaml
 
 logger = logging.getLogger("dpo_plugins.train")
 
@@ -112,49 +116,30 @@ def _argparse_type(spec, default):
 class Settings:
     options: TrainOptions
     dpo: Any  # trl.DPOConfig
-    config_path: Optional[Path]
-
-
-def load_yaml(path: Path) -> dict[str, tuple[Any, int]]:
-    """Top-level ``key: value`` pairs of a YAML mapping, each with its line number."""
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise DpoPluginsError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise DpoPluginsError(f"{where}: invalid YAML: {getattr(error, 'problem', error)}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise DpoPluginsError(f"{path}:1: the config must be a mapping of option: value")
-    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
-    return {str(key): (value, lines.get(key, 1)) for key, value in values.items()}
 
 
 def build_settings(args, extra: list[str]) -> Settings:
-    """Merge YAML, our flags and ``DPOConfig`` flags; every problem is listed at once."""
+    """Merge the ``--config`` YAML file, our flags and ``DPOConfig`` flags; every problem is listed at once."""
+    if not args.config:
+        return settings_from({}, str, args, extra)
+    source = load_yaml(args.config)
+    if source.data is not None and not isinstance(source.data, dict):
+        raise ConfigError([source.problem((), "the config must be a mapping of option: value")])
+    values = {str(key): value for key, value in (source.data or {}).items()}
+    return settings_from(values, lambda key: source.location((key,)), args, extra)
+
+
+def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, extra: list[str]) -> Settings:
+    """Settings from config ``values`` (``where(key)`` locates a key for messages), flags and ``extra``."""
     from transformers import HfArgumentParser
     from trl import DPOConfig
 
     dpo_fields = {f.name for f in dataclasses.fields(DPOConfig) if f.init}
-    config_path = Path(args.config) if args.config else None
-    yaml_values = load_yaml(config_path) if config_path else {}
     problems: list[str] = []
-
-    def where(key):
-        return f"{config_path}:{yaml_values[key][1]}: {key}"
-
     options: dict[str, Any] = {}
     dpo_defaults: dict[str, Any] = {}
     hosted: dict[str, Any] = {}
-    for key, (value, _) in yaml_values.items():
+    for key, value in values.items():
         if key in OPTION_FIELDS:
             options[key] = value
         elif key in HOSTED_NAMES:  # before DPOConfig's fields: beta is both
@@ -162,9 +147,7 @@ def build_settings(args, extra: list[str]) -> Settings:
         elif key in dpo_fields:
             dpo_defaults[key] = value
         else:
-            close = difflib.get_close_matches(key, [*OPTION_FIELDS, *dpo_fields, *HOSTED_NAMES], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{where(key)}: unknown option{hint}")
+            problems.append(f"{where(key)}: unknown option{did_you_mean(key, [*OPTION_FIELDS, *dpo_fields, *HOSTED_NAMES])}")
     if "loss_param" in options:
         if isinstance(options["loss_param"], dict):
             options["loss_param"] = dict(options["loss_param"])
@@ -176,7 +159,7 @@ def build_settings(args, extra: list[str]) -> Settings:
         if given is None:
             continue
         if name == "loss_param":
-            from .adapters.trl import parse_loss_params
+            from dpo_plugins.adapters.loss_selection import parse_loss_params
 
             options[name] = {**options.get(name, {}), **parse_loss_params(given)}
         else:
@@ -219,22 +202,18 @@ def build_settings(args, extra: list[str]) -> Settings:
         train_options = TrainOptions(**options)
     except TypeError as error:
         raise DpoPluginsError(f"invalid options: {error}") from None
-    return Settings(train_options, dpo_args, config_path)
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return Settings(train_options, dpo_args)
 
 
 def _check_global_batch(batch_size, dpo_args) -> Optional[str]:
     """The hosted batch_size is the global batch; flags may not contradict it."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool):
         return None
-    per_step = dpo_args.per_device_train_batch_size * _world_size() * dpo_args.gradient_accumulation_steps
+    per_step = dpo_args.per_device_train_batch_size * world_size() * dpo_args.gradient_accumulation_steps
     if per_step != batch_size:
         return (
             f"{batch_size} pairs per step, but per_device_train_batch_size {dpo_args.per_device_train_batch_size} x "
-            f"{_world_size()} processes x gradient_accumulation_steps {dpo_args.gradient_accumulation_steps} "
+            f"{world_size()} processes x gradient_accumulation_steps {dpo_args.gradient_accumulation_steps} "
             f"= {per_step}"
         )
     return None
@@ -255,7 +234,7 @@ def _apply_hosted(hosted: dict, dpo: dict, where) -> list[str]:
             problems.append(f"{where(key)}: also set as {target}; give one of them")
             continue
         if key == "batch_size":
-            processes = _world_size() * int(dpo.get("gradient_accumulation_steps", 1))
+            processes = world_size() * int(dpo.get("gradient_accumulation_steps", 1))
             if int(value) != value or value % processes:
                 problems.append(
                     f"{where(key)}: {value} pairs do not split over {processes} processes x accumulation steps"
@@ -275,3 +254,11 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def train(settings: Settings) -> Path:
+    """``dpo train``: train as ``settings`` say, reading the data in any registered format."""
+    from dpo_plugins.adapters.training import run_training
+    from dpo_plugins.formats.pipeline import read_trl_rows
+
+    return run_training(settings, read_trl_rows)

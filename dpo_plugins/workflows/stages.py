@@ -12,7 +12,7 @@ runner
 - on failure keeps earlier stages' outputs and raises :class:`StageFailed`,
   which says where the run stopped.
 
-Stages write their outputs atomically (see :func:`atomic_directory`), so a
+Stages write their outputs atomically (see :mod:`dpo_plugins.atomic`), so a
 crash never leaves a half-written output that looks complete.
 """
 
@@ -21,16 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from .errors import DpoPluginsError, PluginError
-from .plugins import load_plugins, pm, provider_of
-from .specs import StageInfo
+from dpo_plugins.atomic import write_text
+from dpo_plugins.errors import PluginError, StageFailed, WorkflowStopped
+from dpo_plugins.plugins import load_plugins, pm, provider_of
+from dpo_plugins.specs import StageInfo
 
 Outputs = Mapping[str, Path]
 
@@ -49,25 +47,6 @@ class Stage:
     settings: Any = None
 
 
-class WorkflowStopped(DpoPluginsError):
-    """A plugin's lifecycle hook asked to stop the run."""
-
-
-class StageFailed(DpoPluginsError):
-    """A stage failed; earlier stages' outputs are intact."""
-
-    def __init__(self, workflow: str, stage: str, position: str, error: BaseException,
-                 kept: Optional[Dict[str, Outputs]] = None):
-        self.stage = stage
-        self.error = error
-        detail = str(error) if isinstance(error, DpoPluginsError) else f"{type(error).__name__}: {error}"
-        lines = [f"{workflow} stopped at stage {stage!r} ({position}): {detail}"]
-        if kept is not None:
-            for name, outputs in kept.items():
-                paths = ", ".join(str(path) for path in outputs.values())
-                lines.append(f"  stage {name!r} is complete and kept: {paths}")
-            lines.append("  re-run the same command to resume: complete stages are skipped (--force reruns them)")
-        super().__init__("\n".join(lines))
 
 
 def run_stages(
@@ -141,7 +120,7 @@ def _complete_outputs(marker: Path, fingerprint: str, output_dir: Path) -> Optio
 
 def _write_marker(marker: Path, fingerprint: str, outputs: Outputs, output_dir: Path) -> None:
     relative = {key: os.path.relpath(path, output_dir) for key, path in outputs.items()}
-    write_text_atomic(marker, json.dumps({"fingerprint": fingerprint, "outputs": relative}, indent=2) + "\n")
+    write_text(marker, json.dumps({"fingerprint": fingerprint, "outputs": relative}, indent=2) + "\n")
 
 
 def _ask_plugins(hook_name: str, when: str, **kwargs) -> None:
@@ -165,44 +144,3 @@ def _notify_error(info: StageInfo, error: BaseException) -> None:
             impl.function(**arguments)
         except Exception as hook_error:
             error.add_note(f"(plugin {provider_of(impl.plugin)} also failed in on_stage_error(): {hook_error})")
-
-
-@contextmanager
-def atomic_directory(target: Path, *, replace: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``target``; rename it to ``target`` on success.
-
-    On an exception the temporary directory is removed and ``target`` is
-    untouched. An existing non-empty ``target`` is an error unless
-    ``replace``.
-    """
-    target = Path(target)
-    if target.exists() and any(target.iterdir()) and not replace:
-        raise DpoPluginsError(f"{target} already exists and is not empty (remove it, or use --force)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield building
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(building, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(building, target)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

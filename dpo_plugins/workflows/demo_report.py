@@ -12,6 +12,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from dpo_plugins.evals.report import percent, pyplot, save_figure
+
 JUDGE_CAVEAT = (
     "The judge is a small local model (`llm-pairwise` with SmolLM2-135M-Instruct by default; both orders, a win "
     "only when both orders agree). A 135M model is a weak judge: it mostly follows position and surface cues, so expect many ties and a low "
@@ -76,30 +78,19 @@ def write_demo_report(output_dir: Path, settings, timings) -> dict:
     return metrics
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_training(path: Path, curves: dict) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for axis, key in zip(axes, ("loss", "rewards/margins", "rewards/accuracies")):
         axis.plot(curves["step"], curves[key], marker="o")
         axis.set_xlabel("step")
         axis.set_title(key)
     axes[0].axhline(0.6931, color="grey", linestyle="--", linewidth=1)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _plot_margins(path: Path, before: list[float], after: list[float]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     bins = 20
     axis.hist(before, bins=bins, alpha=0.6, label="base model")
@@ -108,19 +99,13 @@ def _plot_margins(path: Path, before: list[float], after: list[float]) -> None:
     axis.set_xlabel("mean per-token log-prob margin, chosen - rejected (held-out pairs)")
     axis.set_ylabel("pairs")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+    save_figure(figure, path)
 
 
 def render(metrics: dict) -> str:
     s, t, h, w = metrics["settings"], metrics["training"], metrics["heldout"], metrics["win_rate"]
     ci = w["win_rate_ci"]
-    ci_text = f"[{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "n/a"
+    ci_text = f"[{percent(ci[0])}, {percent(ci[1])}]" if ci else "n/a"
     timing_rows = "\n".join(f"| {title} | {seconds} |" for title, seconds in metrics["timings_s"].items())
     return f"""# dpo demo report
 
@@ -131,7 +116,7 @@ preference file (Anthropic HH-RLHF harmless-base pairs, MIT), evaluated on {h['n
 ## Training
 
 Loss {t['first_loss']:.4f} -> {t['final_loss']:.4f} (ln 2 = 0.6931 at step 0: policy equals reference);
-final batch reward margin {t['final_rewards/margins']:.4f}, reward accuracy {_pct(t['final_rewards/accuracies'])}
+final batch reward margin {t['final_rewards/margins']:.4f}, reward accuracy {percent(t['final_rewards/accuracies'])}
 (one training batch of {s['batch_size']} pairs: noisy).
 
 ![training](training.png)
@@ -140,9 +125,9 @@ final batch reward margin {t['final_rewards/margins']:.4f}, reward accuracy {_pc
 
 | | base model | after DPO |
 | --- | --- | --- |
-| reward accuracy ({h['reward_mode']}: mean per-token log-prob, chosen > rejected; ties wrong) | {_pct(h['reward_accuracy_before'])} | {_pct(h['reward_accuracy_after'])} |
+| reward accuracy ({h['reward_mode']}: mean per-token log-prob, chosen > rejected; ties wrong) | {percent(h['reward_accuracy_before'])} | {percent(h['reward_accuracy_after'])} |
 | mean margin | {h['mean_margin_before']:.4f} | {h['mean_margin_after']:.4f} |
-| implicit DPO reward accuracy (log-ratio vs the base model; RewardBench's definition) | (0% by definition: every log-ratio is 0) | {_pct(h['implicit_reward_accuracy_after'])} |
+| implicit DPO reward accuracy (log-ratio vs the base model; RewardBench's definition) | (0% by definition: every log-ratio is 0) | {percent(h['implicit_reward_accuracy_after'])} |
 
 With {h['n_pairs']} pairs one pair is {100 / h['n_pairs']:.1f} points: differences of a few points are noise.
 
@@ -150,9 +135,9 @@ With {h['n_pairs']} pairs one pair is {100 / h['n_pairs']:.1f} points: differenc
 
 ## Judged win-rate: tuned vs base on held-out prompts
 
-{w['wins']} wins, {w['ties']} ties, {w['losses']} losses; win rate {_pct(w['win_rate'])} (ties count half),
-95% CI {ci_text} ({w['win_rate_ci_method']}); length-controlled: {_pct(w['lc_win_rate'])}
-({w['lc_win_rate_note'] or 'fitted'}); judge position consistency {_pct(w['position_consistency'])};
+{w['wins']} wins, {w['ties']} ties, {w['losses']} losses; win rate {percent(w['win_rate'])} (ties count half),
+95% CI {ci_text} ({w['win_rate_ci_method']}); length-controlled: {percent(w['lc_win_rate'])}
+({w['lc_win_rate_note'] or 'fitted'}); judge position consistency {percent(w['position_consistency'])};
 mean answer length {w['avg_len_policy']:.1f} (tuned) vs {w['avg_len_baseline']:.1f} (base) characters.
 
 {JUDGE_CAVEAT}

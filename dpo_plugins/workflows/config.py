@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import yaml
 
-from .errors import DpoPluginsError
+from dpo_plugins.errors import ConfigError
 
 JsonPath = Tuple[Union[str, int], ...]
 
@@ -42,16 +42,14 @@ class YamlFile:
             path = path[:-1]
         return self.lines.get(path, 1)
 
+    def location(self, path: Sequence[Union[str, int]]) -> str:
+        """``PATH:LINE: json.path``, the start of every problem line about ``path``."""
+        return f"{self.path}:{self.line_of(path)}: {format_path(path)}"
+
     def problem(self, path: Sequence[Union[str, int]], message: str) -> str:
-        return f"{self.path}:{self.line_of(path)}: {format_path(path)}: {message}"
+        return f"{self.location(path)}: {message}"
 
 
-class ConfigError(DpoPluginsError):
-    """Every problem found in one configuration file, one line each."""
-
-    def __init__(self, problems: Iterable[str]):
-        self.problems: List[str] = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 def load_yaml(path: Union[str, Path]) -> YamlFile:
@@ -85,3 +83,19 @@ def _record_lines(node: yaml.Node, path: JsonPath, lines: Dict[JsonPath, int]) -
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _record_lines(item, path + (index,), lines)
+
+
+class ConfigChecker:
+    """Collects every problem found in one YAML file (under ``prefix``), to report all at once in line order."""
+
+    def __init__(self, source: YamlFile, prefix: JsonPath = ()):
+        self.source = source
+        self.prefix = tuple(prefix)
+        self.problems: List[Tuple[int, str]] = []  # (line, text)
+
+    def problem(self, path: Sequence[Union[str, int]], message: str) -> None:
+        path = self.prefix + tuple(path)
+        self.problems.append((self.source.line_of(path), self.source.problem(path, message)))
+
+    def sorted_problems(self) -> List[str]:
+        return [text for _, text in sorted(self.problems, key=lambda item: item[0])]

@@ -20,17 +20,16 @@ the first other parent that has it.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import DpoPluginsError
-from .plugins import get_merge_methods
-from .specs import MergeMethod
-from .yaml_config import ConfigError, JsonPath, YamlFile, load_yaml
+from dpo_plugins.errors import CheckFailed, ConfigError, DpoPluginsError, did_you_mean
+from dpo_plugins.plugins import get_merge_methods, records_from_each_plugin
+from dpo_plugins.specs import Checkpoint, CheckResult, MergeMethod
+from dpo_plugins.workflows.config import ConfigChecker, JsonPath, YamlFile, load_yaml
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 # config.json fields that must agree for tensors to line up
@@ -78,14 +77,14 @@ def check_merge_section(source: YamlFile, data: Any, prefix: JsonPath = ()) -> T
     ``(line, "PATH:LINE: json.path: message")``, for callers that validate
     a larger file (``dpo anneal``).
     """
-    validator = _Validator(source, prefix)
+    validator = _MergeChecker(source, prefix)
     plan = validator.validate(data)
     return (None if validator.problems else plan), validator.problems
 
 
 def merge_into(plan: MergePlan, directory: Path, *, seed: Optional[int] = None) -> List[str]:
     """Merge into ``directory`` and complete the checkpoint; return what was added."""
-    from .adapters.merging import run_merge
+    from dpo_plugins.adapters.mergekit import run_merge
 
     run_merge(plan.config, Path(directory), plan.method, seed=seed)
     others = [path for path in plan.parents.values() if path != plan.donor]
@@ -122,22 +121,8 @@ def complete_checkpoint(directory: Path, sources: Sequence[Path]) -> List[str]:
     return added
 
 
-def _suggest(name: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(names), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-class _Validator:
+class _MergeChecker(ConfigChecker):
     """Collects every problem in one merge configuration."""
-
-    def __init__(self, source: YamlFile, prefix: JsonPath):
-        self.source = source
-        self.prefix = tuple(prefix)
-        self.problems: List[Tuple[int, str]] = []  # (line, text), reported in line order
-
-    def problem(self, path: Sequence, message: str) -> None:
-        path = self.prefix + tuple(path)
-        self.problems.append((self.source.line_of(path), self.source.problem(path, message)))
 
     # -- the whole configuration ------------------------------------------
 
@@ -145,7 +130,7 @@ class _Validator:
         if not isinstance(data, dict):
             self.problem((), "a merge configuration must be a mapping (mergekit's format)")
             return None
-        from .adapters.merging import config_fields, method_info, schema_problems
+        from dpo_plugins.adapters.mergekit import config_fields, method_info, schema_problems
 
         fields = config_fields()
         self.unknown_keys(data, (), fields["config"], "merge configuration")
@@ -182,7 +167,7 @@ class _Validator:
             return
         for key in mapping:
             if key not in allowed:
-                self.problem(path + (key,), f"unknown key in a {what}{_suggest(str(key), sorted(allowed))}"
+                self.problem(path + (key,), f"unknown key in a {what}{did_you_mean(str(key), sorted(allowed))}"
                                             f" (allowed: {', '.join(sorted(allowed))})")
 
     def unknown_nested_keys(self, data: dict, fields: Dict[str, frozenset]) -> None:
@@ -202,7 +187,7 @@ class _Validator:
             return None
         methods = get_merge_methods()
         if not isinstance(name, str) or name not in methods:
-            self.problem(("merge_method",), f"unknown merge method {name!r}{_suggest(str(name), sorted(methods))}"
+            self.problem(("merge_method",), f"unknown merge method {name!r}{did_you_mean(str(name), sorted(methods))}"
                                             f" (available: {', '.join(sorted(methods))})")
             return None
         return methods[name]
@@ -237,7 +222,7 @@ class _Validator:
         return parents, config
 
     def checkpoint_directory(self, path: JsonPath, reference: Any) -> Optional[Path]:
-        from .adapters.models import resolve_model
+        from dpo_plugins.adapters.models import resolve_model
 
         name = _reference_name(reference)
         if not isinstance(name, str) or not name:
@@ -260,7 +245,7 @@ class _Validator:
         return directory.resolve()
 
     def reference_path(self, reference: Any) -> Path:
-        from .adapters.models import resolve_model
+        from dpo_plugins.adapters.models import resolve_model
 
         return resolve_model(_reference_name(reference)).resolve()
 
@@ -339,7 +324,7 @@ class _Validator:
             parameter = info.parameters.get(name)
             if parameter is None:
                 known = sorted(info.parameters)
-                self.problem(path + (name,), f"{info.name} has no parameter {name!r}{_suggest(str(name), known)}"
+                self.problem(path + (name,), f"{info.name} has no parameter {name!r}{did_you_mean(str(name), known)}"
                                              f" (its parameters: {', '.join(known) or 'none'})")
             elif parameter.scope not in allowed_scopes:
                 self.problem(path + (name,), f"{name!r} is a shared parameter of {info.name}: mergekit ignores it "
@@ -463,3 +448,61 @@ def _vocabulary(directory: Path) -> Optional[str]:
     added = sorted((t.get("id"), t.get("content")) for t in tokenizer.get("added_tokens", []))
     return hashlib.sha256(json.dumps([vocab, added], sort_keys=True).encode()).hexdigest()
 
+
+# Checks on a merged checkpoint, contributed by plugins. Merges fail quietly: a
+# checkpoint without its chat template or generation config, a tokenizer with
+# more tokens than embedding rows, weights in the wrong dtype all load fine and
+# go wrong later. After every merge each plugin's ``check_merged_model`` hook
+# (built-ins: default_plugins/checks.py) inspects it; any failed check vetoes it.
+
+
+def run_checks(checkpoint: Checkpoint) -> List[Tuple[str, CheckResult]]:
+    """Every plugin's checks, as ``(provider, result)``, in the order the
+    plugins were loaded (built-ins first).
+
+    Each hook implementation is called on its own so that an exception or a
+    wrong return type names the plugin responsible.
+    """
+    return list(records_from_each_plugin("check_merged_model", CheckResult, checkpoint=checkpoint))
+
+
+def require_checks_pass(checkpoint: Checkpoint, results: Optional[List[Tuple[str, CheckResult]]] = None
+                        ) -> List[Tuple[str, CheckResult]]:
+    """Run the checks (or take the ``results`` of a run); raise :class:`CheckFailed` if any failed."""
+    results = run_checks(checkpoint) if results is None else results
+    failures = [(provider, result) for provider, result in results if not result.passed]
+    if failures:
+        raise CheckFailed(checkpoint.path, failures)
+    return results
+
+
+def results_as_json(results: List[Tuple[str, CheckResult]]) -> list:
+    return [
+        {"name": r.name, "passed": r.passed, "message": r.message, "provider": provider}
+        for provider, r in results
+    ]
+
+
+def merge_checked(plan: MergePlan, output: Path, say: Callable[[str], None], *, replace: bool = False,
+                  seed: Optional[int] = None) -> None:
+    """``dpo merge``: merge into ``output``, then run every check, telling ``say`` what was done.
+
+    Both stages run in a temporary folder that becomes ``output`` only when
+    every check passed: a vetoed merge leaves nothing behind.
+    """
+    from dpo_plugins.atomic import atomic_directory
+    from dpo_plugins.workflows.stages import Stage, run_stages
+
+    with atomic_directory(output, replace=replace) as building:
+
+        def merge(done):
+            for note in merge_into(plan, building, seed=seed):
+                say(note)
+            return {"model": building}
+
+        def check(done):
+            for _, result in require_checks_pass(Checkpoint(building, plan.dtype)):
+                say(f"ok {result.name}: {result.message}")
+            return {"model": building}
+
+        run_stages("merge", [Stage("merge", merge), Stage("check", check)], building, config=plan.config, resume=False)

@@ -1,4 +1,4 @@
-"""Split an eval across the processes of ``accelerate launch``, with identical results.
+"""The processes of ``accelerate launch``: how many, which one, and work split across them with identical results.
 
 On CPU-only machines launch with ``accelerate launch --multi_gpu
 --num_processes N -m dpo_plugins eval ...`` (``--multi_gpu`` selects
@@ -14,6 +14,7 @@ process; the pieces are then gathered in order on every process. Without
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 
@@ -25,11 +26,14 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def world_size() -> int:
+    """How many processes ``accelerate launch`` (or torchrun) started; 1 when run directly."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def process_info() -> tuple[int, int]:
     """``(process_index, num_processes)``; ``(0, 1)`` when not launched distributed."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if world_size() <= 1:
         return 0, 1
     state = _state()
     return state.process_index, state.num_processes

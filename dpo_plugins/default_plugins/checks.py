@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from ..hookspecs import hookimpl
-from ..specs import CheckResult
+from dpo_plugins.hookspecs import hookimpl
+from dpo_plugins.specs import CheckResult
 
 PROBE = [{"role": "user", "content": "Hi"}]
 

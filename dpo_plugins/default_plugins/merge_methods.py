@@ -2,18 +2,18 @@
 
 The list comes from mergekit's own registry, so upgrading mergekit brings
 its new methods along. Each record names its mergekit method; ``dpo merge``
-runs it through mergekit (``dpo_plugins.adapters.merging``).
+runs it through mergekit (``dpo_plugins.adapters.mergekit``).
 """
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl
-from ..specs import MergeMethod
+from dpo_plugins.hookspecs import hookimpl
+from dpo_plugins.specs import MergeMethod
 
 
 @hookimpl
 def register_merge_methods():
-    from dpo_plugins.adapters.merging import mergekit_methods
+    from dpo_plugins.adapters.mergekit import mergekit_methods
 
     for name, description in mergekit_methods():
         yield MergeMethod(name=name, mergekit_method=name, description=description)

@@ -20,22 +20,22 @@ evaluation.
 
 The whole file is validated before anything heavy runs. Each stage writes
 under ``output_dir`` and is skipped on a re-run once complete (see
-:mod:`dpo_plugins.workflow`).
+:mod:`dpo_plugins.workflows.stages`).
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .checkpoint_checks import CheckFailed, Checkpoint, results_as_json, run_checks
-from .errors import DpoPluginsError
-from .merging import MergePlan, check_merge_section, merge_into
-from .workflow import Stage, atomic_directory, write_text_atomic
-from .yaml_config import ConfigError, JsonPath, YamlFile, format_path, load_yaml
+from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
+from dpo_plugins.specs import Checkpoint
+from dpo_plugins.workflows.merge import MergePlan, check_merge_section, merge_into, require_checks_pass, results_as_json, run_checks
+from dpo_plugins.atomic import atomic_directory, write_text
+from dpo_plugins.workflows.stages import Stage
+from dpo_plugins.workflows.config import ConfigChecker, JsonPath, YamlFile, load_yaml
 
 SECTIONS = ("output_dir", "merge", "anneal", "eval")
 MERGED = "merged"
@@ -61,20 +61,15 @@ class AnnealPlan:
 def load_anneal_plan(path) -> AnnealPlan:
     """Read and validate an anneal configuration; raise listing every problem."""
     source = load_yaml(path)
-    checker = _Checker(source)
+    checker = _AnnealChecker(source)
     plan = checker.check(source.data)
     if checker.problems:
-        raise ConfigError([text for _, text in sorted(checker.problems, key=lambda item: item[0])])
+        raise ConfigError(checker.sorted_problems())
     return plan
 
 
-class _Checker:
-    def __init__(self, source: YamlFile):
-        self.source = source
-        self.problems: List[Tuple[int, str]] = []
-
-    def problem(self, path: JsonPath, message: str) -> None:
-        self.problems.append((self.source.line_of(path), self.source.problem(path, message)))
+class _AnnealChecker(ConfigChecker):
+    """Collects every problem in one anneal configuration."""
 
     def check(self, data: Any) -> Optional[AnnealPlan]:
         if not isinstance(data, dict):
@@ -82,8 +77,7 @@ class _Checker:
             return None
         for key in data:
             if key not in SECTIONS:
-                close = difflib.get_close_matches(str(key), SECTIONS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(str(key), SECTIONS)
                 self.problem((key,), f"unknown section{hint} (sections: {', '.join(SECTIONS)})")
         for key in SECTIONS:
             if key not in data:
@@ -125,13 +119,12 @@ class _Checker:
         return plan
 
     def eval_settings(self, evaluation: dict) -> None:
-        from .anneal_eval import EVAL_KEYS
-        from .plugins import get_judges
+        from dpo_plugins.evals.compare import EVAL_KEYS
+        from dpo_plugins.plugins import get_judges
 
         for key in evaluation:
             if key not in EVAL_KEYS:
-                close = difflib.get_close_matches(str(key), EVAL_KEYS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(str(key), EVAL_KEYS)
                 self.problem(("eval", key), f"unknown eval setting{hint} (settings: {', '.join(EVAL_KEYS)})")
         for key in ("max_length", "batch_size", "max_new_tokens"):
             value = evaluation.get(key)
@@ -141,8 +134,7 @@ class _Checker:
         if judge is not None:
             judges = sorted(get_judges())
             if judge not in judges:
-                close = difflib.get_close_matches(str(judge), judges, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(str(judge), judges)
                 self.problem(("eval", "judge"), f"unknown judge {judge!r}{hint} (available: {', '.join(judges) or 'none'})")
 
     def section(self, data: dict, name: str) -> dict:
@@ -154,7 +146,7 @@ class _Checker:
 
     def data_file(self, section: dict, path: JsonPath) -> None:
         """The pairs must exist and read cleanly now, not after a long merge and training."""
-        from .records import read_trl_rows
+        from dpo_plugins.formats.pipeline import read_trl_rows
 
         value = section.get("data")
         if value is None:
@@ -170,7 +162,7 @@ class _Checker:
 
     def reference(self, anneal: dict, merge_plan: Optional[MergePlan]) -> Tuple[str, Optional[Path]]:
         """``merged`` (default), a parent as written under ``merge:``, or a checkpoint path."""
-        from .adapters.models import resolve_model
+        from dpo_plugins.adapters.models import resolve_model
 
         value = anneal.get("reference", MERGED)
         if value == MERGED:
@@ -197,34 +189,13 @@ def training_settings(plan: AnnealPlan, model: Path, output_dir: Path):
     model as the policy and the stated reference; problems point into the
     anneal file."""
     import argparse
-    import tempfile
 
-    import yaml
-
-    from .train_config import build_settings
+    from dpo_plugins.workflows.train import settings_from
 
     values = dict(plan.anneal, model=str(Path(model).resolve()), output_dir=str(output_dir))
     if plan.reference_path is not None:
         values["ref_model"] = str(plan.reference_path)
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "anneal.yaml"
-        path.write_text(yaml.safe_dump(values, sort_keys=False))
-        try:
-            return build_settings(argparse.Namespace(config=str(path)), [])
-        except DpoPluginsError as error:
-            raise DpoPluginsError(_point_into(plan.source, str(error), path)) from None
-
-
-def _point_into(source: YamlFile, message: str, generated: Path) -> str:
-    """Rewrite ``GENERATED:LINE: key`` locations as ``ANNEAL_FILE:LINE: anneal.key``."""
-    import re
-
-    def relocate(match):
-        path = ("anneal", match.group(2))
-        return f"{source.path}:{source.line_of(path)}: {format_path(path)}:"
-
-    message = re.sub(rf"{re.escape(str(generated))}:(\d+): (\w+):", relocate, message)
-    return message.replace(str(generated), f"{source.path} (anneal:)")
+    return settings_from(values, lambda key: plan.source.location(("anneal", key)), argparse.Namespace(), [])
 
 
 def merge_stage(plan: AnnealPlan, seed: Optional[int] = None) -> Stage:
@@ -248,12 +219,10 @@ def check_stage(plan: AnnealPlan) -> Stage:
         checkpoint = Checkpoint(done["merge"]["model"], plan.merge.dtype)
         results = run_checks(checkpoint)
         target = plan.output_dir / "checks.json"
-        write_text_atomic(target, json.dumps(results_as_json(results), indent=2) + "\n")
+        write_text(target, json.dumps(results_as_json(results), indent=2) + "\n")
         for provider, result in results:
             print(f"  {'ok' if result.passed else 'FAILED'} {result.name}: {result.message}")
-        failures = [(provider, result) for provider, result in results if not result.passed]
-        if failures:
-            raise CheckFailed(checkpoint.path, failures)
+        require_checks_pass(checkpoint, results)
         return {"checks": target}
 
     return Stage("check", run, {"dtype": plan.merge.dtype})
@@ -265,9 +234,9 @@ def anneal_stage(plan: AnnealPlan) -> Stage:
     def run(done):
         target = plan.output_dir / "annealed"
         with atomic_directory(target, replace=True) as building:
-            from .adapters.training import run_training
+            from dpo_plugins.workflows.train import train
 
-            run_training(training_settings(plan, done["merge"]["model"], building))
+            train(training_settings(plan, done["merge"]["model"], building))
         return {"model": target}
 
     reference = _stamp(plan.reference_path) if plan.reference_path else plan.reference
@@ -278,15 +247,17 @@ def eval_stage(plan: AnnealPlan) -> Stage:
     """Score every parent, the merged and the annealed model on the held-out pairs."""
 
     def run(done):
-        from .anneal_eval import evaluate
+        from dpo_plugins.evals.compare import evaluate
+        from dpo_plugins.formats.pipeline import read_trl_rows
 
         models = {name: ("parent", path) for name, path in plan.merge.parents.items()}
         models[MERGED] = ("merged", done["merge"]["model"])
         models["annealed"] = ("annealed", done["anneal"]["model"])
         reference_path = done["merge"]["model"] if plan.reference_path is None else plan.reference_path
-        evaluation = evaluate(models, plan.reference, reference_path, plan.eval)
+        rows = read_trl_rows(plan.eval["data"], plan.eval.get("from_format"))
+        evaluation = evaluate(models, plan.reference, reference_path, plan.eval, rows)
         target = plan.output_dir / "evaluation.json"
-        write_text_atomic(target, json.dumps(evaluation, indent=2) + "\n")
+        write_text(target, json.dumps(evaluation, indent=2) + "\n")
         return {"evaluation": target}
 
     reference = _stamp(plan.reference_path) if plan.reference_path else plan.reference
@@ -297,7 +268,7 @@ def report_stage(plan: AnnealPlan) -> Stage:
     """metrics.json, report.md and plots in OUTPUT_DIR."""
 
     def run(done):
-        from .anneal_report import write_report
+        from dpo_plugins.evals.compare import write_report
 
         evaluation = json.loads(done["eval"]["evaluation"].read_text())
         return write_report(evaluation, plan.output_dir)

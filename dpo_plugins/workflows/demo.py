@@ -11,14 +11,15 @@ so the demo exercises the product rather than a private path through it.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, List
 
-from .errors import DpoPluginsError
+from dpo_plugins.atomic import fresh_marked_folder
+from dpo_plugins.errors import DpoPluginsError
 
-DATA = Path(__file__).parent / "data" / "demo" / "hh-harmless-azure.jsonl"
+DATA = Path(__file__).parent.parent / "data" / "demo" / "hh-harmless-azure.jsonl"
 OUTPUT_MARKER = ".dpo-demo-output"
 
 
@@ -39,9 +40,14 @@ class DemoSettings:
     max_new_tokens: int = 48
 
 
-def run_demo(output_dir: Path, settings: DemoSettings = DemoSettings(), data: Path = DATA) -> dict:
-    """Run every step into ``output_dir`` (see :func:`fresh_output_dir`); return the summary metrics."""
-    steps = _Steps(output_dir)
+def run_demo(output_dir: Path, run_dpo: Callable[[List[str]], int], settings: DemoSettings = DemoSettings(),
+             data: Path = DATA) -> dict:
+    """Run every step into ``output_dir`` (see :func:`fresh_output_dir`); return the summary metrics.
+
+    ``run_dpo(argv)`` is the ``dpo`` entry point itself (``dpo_plugins.cli.main``,
+    handed over by the demo command so this module needs no import of the CLI).
+    """
+    steps = _Steps(output_dir, run_dpo)
     s = settings
     steps.run("validate the Azure preference file", "validate", data, "--from", "azure", "--profile", "azure")
     pairs = output_dir / "pairs.hf.jsonl"
@@ -62,7 +68,7 @@ def run_demo(output_dir: Path, settings: DemoSettings = DemoSettings(), data: Pa
               "--judge", "llm-pairwise", "--judge-param", f"model={s.judge_model}",
               "--max-prompts", s.judged_prompts, "--max-new-tokens", s.max_new_tokens,
               "--report", output_dir / "eval-after", *common)
-    from .demo_report import write_demo_report
+    from dpo_plugins.workflows.demo_report import write_demo_report
 
     return write_demo_report(output_dir, settings, steps.timings)
 
@@ -70,17 +76,16 @@ def run_demo(output_dir: Path, settings: DemoSettings = DemoSettings(), data: Pa
 class _Steps:
     """Runs ``dpo`` subcommands in-process, timing each and stopping at the first failure."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, run_dpo: Callable[[List[str]], int]):
         self.output_dir = output_dir
+        self.run_dpo = run_dpo
         self.timings: list[tuple[str, float]] = []
 
     def run(self, title: str, *argv) -> None:
-        from .cli import main
-
         number = len(self.timings) + 1
         print(f"\n[{number}] {title}\n    dpo {' '.join(map(str, argv))}", flush=True)
         started = time.perf_counter()
-        code = main([str(arg) for arg in argv])
+        code = self.run_dpo([str(arg) for arg in argv])
         elapsed = time.perf_counter() - started
         if code != 0:
             raise DpoPluginsError(f"demo step {number} ({title}) failed with exit code {code}; "
@@ -102,10 +107,4 @@ def _split(pairs: Path, output_dir: Path, train_count: int, heldout_count: int) 
 
 def fresh_output_dir(path: Path) -> Path:
     """An empty folder marked as the demo's: an earlier demo's results are replaced, nothing else is."""
-    if path.exists() and any(path.iterdir()):
-        if not (path / OUTPUT_MARKER).exists():
-            raise DpoPluginsError(f"{path} exists and is not an earlier demo's output; choose another --output")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / OUTPUT_MARKER).write_text("written by `dpo demo`; the next demo run replaces this folder\n")
-    return path
+    return fresh_marked_folder(path, OUTPUT_MARKER, "dpo demo")

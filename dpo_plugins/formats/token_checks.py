@@ -1,11 +1,8 @@
 """Token-level checks for ``dpo validate --model M --max-length N``.
 
-Each pair is tokenized the way TRL 1.16's ``DPOTrainer._prepare_dataset``
-does — conversational rows through the chat template (with the row's tools;
-``add_generation_prompt`` for the prompt alone), standard rows as plain text
-with EOS appended to the completions; the completion starts where the prompt
-and prompt+completion token ids diverge — using only the tokenizer's public
-API. That gives the rows TRL would drop (prompt alone fills ``max_length``),
+Each pair is tokenized by :mod:`dpo_plugins.adapters.tokenization`, exactly
+as TRL 1.16's ``DPOTrainer`` tokenizes it (the same code ``dpo train`` and
+``dpo eval`` use). That gives the rows TRL would drop (prompt alone fills ``max_length``),
 completions cut by ``keep_start`` truncation, pairs whose difference is cut
 away, and chat-template boundary problems (the prompt not a token prefix of
 prompt+completion, a doubled BOS, a default system prompt injected on top of
@@ -16,18 +13,7 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from ..records import ERROR, WARNING, PreferenceRecord, Problem
-
-EXAMPLE_TOKEN_LIMIT = 65_536  # Azure/OpenAI: tokens per example
-
-
-def _common_prefix_length(a: list, b: list) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+from dpo_plugins.records import ERROR, WARNING, PreferenceRecord, Problem
 
 
 def _percentiles(values: list) -> dict:
@@ -46,11 +32,9 @@ class TokenChecks:
     """Tokenizes each record like TRL and checks it against ``max_length``."""
 
     def __init__(self, model: str, max_length: Optional[int], example_limit: Optional[int] = None):
-        from transformers import AutoTokenizer
+        from dpo_plugins.adapters.models import load_tokenizer
 
-        from ..adapters.models import resolve_model
-
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+        self.tokenizer = load_tokenizer(model)
         self.max_length = max_length
         self.example_limit = example_limit
         self.lengths: dict[str, list] = {"prompt": [], "chosen": [], "rejected": []}
@@ -69,34 +53,21 @@ class TokenChecks:
             header = header[len(bos):] or header
         return header or None
 
-    def tokenize(self, record: PreferenceRecord) -> tuple[list, list, list]:
-        """``(prompt_ids, chosen_ids, rejected_ids)`` as TRL's ``DPOTrainer`` builds them."""
-        return self._tokenize(record)[:3]
+    def tokenize(self, record: PreferenceRecord) -> tuple[list, list, list, bool]:
+        """``(prompt_ids, chosen_ids, rejected_ids, prompt_cut)`` exactly as TRL's ``DPOTrainer`` builds them."""
+        from dpo_plugins.adapters.tokenization import tokenize_pair_and_boundary
 
-    def _tokenize(self, record: PreferenceRecord) -> tuple[list, list, list, bool]:
-        """Also says whether the tokenized prompt was cut back to where prompt+completion diverges."""
-        tokenizer = self.tokenizer
         if record.text:
-            prompt = record.prompt[0]["content"]
-            eos = tokenizer.eos_token or ""
-            chosen, rejected = (m[0]["content"] for m in (record.chosen, record.rejected))
-            chosen, rejected = (c if c.endswith(eos) else c + eos for c in (chosen, rejected))
-            prompt_ids = tokenizer(text=prompt)["input_ids"]
-            full = [tokenizer(text=prompt + c)["input_ids"] for c in (chosen, rejected)]
+            row = {key: messages[0]["content"] for key, messages in
+                   (("prompt", record.prompt), ("chosen", record.chosen), ("rejected", record.rejected))}
         else:
-            kwargs = {"tools": record.tools}
-
-            def ids(messages, **more):
-                return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs, **more)["input_ids"]
-
-            prompt_ids = ids(record.prompt, add_generation_prompt=True)
-            full = [ids(record.prompt + record.chosen), ids(record.prompt + record.rejected)]
-        prompt_len = min(_common_prefix_length(prompt_ids, f) for f in full)
-        return prompt_ids[:prompt_len], full[0][prompt_len:], full[1][prompt_len:], prompt_len < len(prompt_ids)
+            row = {"prompt": record.prompt, "chosen": record.chosen, "rejected": record.rejected, "tools": record.tools}
+        pair, prompt_cut = tokenize_pair_and_boundary(row, self.tokenizer)
+        return pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"], prompt_cut
 
     def check(self, record: PreferenceRecord) -> Iterator[Problem]:
         try:
-            prompt, chosen, rejected, boundary = self._tokenize(record)
+            prompt, chosen, rejected, boundary = self.tokenize(record)
         except Exception as error:  # the chat template cannot render this row: training would crash on it
             yield Problem("$", f"the tokenizer's chat template cannot render this row: "
                                f"{type(error).__name__}: {error}", "template-error", ERROR)

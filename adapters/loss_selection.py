@@ -1,0 +1,154 @@
+"""Which losses a run uses: looked up in the plugin registry, weighted, with their parameters.
+
+``dpo train`` and :class:`~dpo_plugins.adapters.trl.PluginDPOTrainer` both
+come here, once per run: :func:`select_losses` resolves the names in
+``DPOConfig.loss_type`` and refuses TRL options that would not apply to
+them, listing every problem at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from trl import DPOConfig
+
+from dpo_plugins.errors import DpoPluginsError
+from dpo_plugins.plugins import get_loss
+
+# DPOConfig fields that only TRL's own loss chain reads. A non-default value is
+# handed to the selected losses that declare a parameter of the same name.
+TRL_LOSS_FIELDS = ("label_smoothing", "discopop_tau")
+
+
+def select_losses(args, loss_params: Optional[Mapping[str, Any]], ref_model_given: bool) -> list["LossTerm"]:
+    """The loss terms ``args`` (a ``DPOConfig``) selects, checked against the other options."""
+    terms = resolve_losses(args.loss_type, args.loss_weights, loss_params, inherited_loss_params(args))
+    problems = unsupported_options(args, terms, ref_model_given)
+    if problems:
+        raise DpoPluginsError("unsupported option combination:\n" + "\n".join(problems))
+    return terms
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One selected loss: the registry record, its weight and its parameters."""
+
+    name: str
+    fn: Callable[..., Any]
+    weight: float
+    params: Mapping[str, Any]
+    needs_reference: bool
+
+    def describe(self) -> str:
+        params = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
+        return f"{self.weight:g} * {self.name}({params})"
+
+
+def parse_loss_params(items: Sequence[str]) -> dict[str, str]:
+    """``["k=v", "loss.k=v"]`` -> ``{"k": "v", "loss.k": "v"}`` (values typed later)."""
+    parsed, problems = {}, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--loss-param {item!r}: expected KEY=VALUE (or LOSS.KEY=VALUE)")
+        else:
+            parsed[key.strip()] = value.strip()
+    if problems:
+        raise DpoPluginsError("\n".join(problems))
+    return parsed
+
+
+def resolve_losses(
+    names: Sequence[str],
+    weights: Optional[Sequence[float]] = None,
+    params: Optional[Mapping[str, Any]] = None,
+    inherited: Optional[Mapping[str, Any]] = None,
+) -> list[LossTerm]:
+    """Look up ``names`` in the registry and bind weights and parameters.
+
+    ``params`` keys are ``key`` (every selected loss that declares ``key``)
+    or ``loss.key`` (that loss only); a key no selected loss declares is an
+    error. String values (from the command line) are converted to the type
+    of the declared default. ``inherited`` holds values from TRL's own config
+    fields (``label_smoothing``); they apply like ``params`` but only where a
+    loss declares them, and explicit ``params`` win. Every problem is listed.
+    """
+    names = list(names)
+    if not names:
+        raise DpoPluginsError("no loss selected: give at least one --loss NAME")
+    if weights is not None and len(weights) != len(names):
+        raise DpoPluginsError(f"--loss-weights has {len(weights)} values for {len(names)} losses {names}")
+    if len(set(names)) != len(names):
+        raise DpoPluginsError(f"a loss is selected twice in {names}: give each once and weigh it with --loss-weights")
+    specs = [get_loss(name) for name in names]
+    problems: list[str] = []
+    bound: list[dict[str, Any]] = [dict(spec.params) for spec in specs]
+    for source, values in (("inherited", inherited or {}), ("explicit", params or {})):
+        for key, value in values.items():
+            target, _, param = key.rpartition(".")
+            hits = [i for i, spec in enumerate(specs) if param in spec.params and target in ("", spec.name)]
+            if not hits:
+                if source == "explicit":
+                    declared = "; ".join(f"{s.name}: {', '.join(s.params) or 'none'}" for s in specs)
+                    problems.append(f"loss parameter {key!r} is not declared by the selected losses ({declared})")
+                else:
+                    problems.append(
+                        f"{key}={value!r} only affects losses that declare {key!r}, and none of {names} does"
+                    )
+                continue
+            for i in hits:
+                try:
+                    bound[i][param] = _typed_like(specs[i].params[param], value)
+                except ValueError as error:
+                    problems.append(f"loss parameter {key!r} of {specs[i].name}: {error}")
+    if problems:
+        raise DpoPluginsError("\n".join(problems))
+    weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
+    return [
+        LossTerm(spec.name, spec.fn, weight, dict(values), spec.needs_reference)
+        for spec, weight, values in zip(specs, weights, bound)
+    ]
+
+
+def _typed_like(default: Any, value: Any) -> Any:
+    """Convert a command-line string to the type of the parameter's default."""
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    if isinstance(default, bool):
+        if value.lower() in ("true", "1", "yes"):
+            return True
+        if value.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise ValueError(f"expected a {type(default).__name__}, got {value!r}") from None
+
+
+def inherited_loss_params(args) -> dict[str, Any]:
+    """TRL loss fields the user changed from DPOConfig's defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DPOConfig)}
+    return {name: getattr(args, name) for name in TRL_LOSS_FIELDS if getattr(args, name) != defaults[name]}
+
+
+def unsupported_options(args, terms: Sequence[LossTerm], ref_model_given: bool) -> list[str]:
+    """TRL options that would silently not apply to plugin losses, or that contradict the losses."""
+    problems = []
+    if args.f_divergence_type != "reverse_kl":
+        problems.append("f_divergence_type: only 'reverse_kl' is supported with plugin losses (write a loss instead)")
+    if args.ld_alpha is not None:
+        problems.append("ld_alpha: LD-DPO weighting is not supported with plugin losses")
+    if args.use_weighting:
+        problems.append("use_weighting: WPO weighting is not supported with plugin losses")
+    if not any(term.needs_reference for term in terms):
+        names = ", ".join(term.name for term in terms)
+        if ref_model_given:
+            problems.append(f"a reference model was given, but the losses ({names}) use none")
+        if args.precompute_ref_log_probs:
+            problems.append(f"precompute_ref_log_probs: the losses ({names}) use no reference")
+        if args.sync_ref_model:
+            problems.append(f"sync_ref_model: the losses ({names}) use no reference")
+    return problems

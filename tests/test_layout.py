@@ -1,0 +1,151 @@
+"""The package layout's rules, checked on the source tree (docs/architecture.md explains them).
+
+Imports are read with ``ast``, function-level ones included, so a lazy
+import cannot hide an upward arrow or a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dpo_plugins import hookspecs
+
+ROOT = Path(__file__).resolve().parent.parent
+# Where each installed package lives in the repository (pyproject's package-dir).
+SOURCES = {"dpo_plugins": ROOT / "dpo_plugins", "dpo_plugins.adapters": ROOT / "adapters",
+           "dpo_plugins.evals": ROOT / "evals"}
+# Layers, lowest first: a module may import its own layer and the ones below.
+LAYERS = [
+    ("base", r"dpo_plugins(\.(errors|specs|records|hookspecs|plugins|atomic))?"),
+    ("adapters", r"dpo_plugins\.adapters(\..+)?"),
+    ("evals", r"dpo_plugins\.evals(\..+)?"),
+    ("features", r"dpo_plugins\.(formats|workflows|default_plugins)(\..+)?"),
+    ("interface", r"dpo_plugins\.(cli|__main__|commands(\..+)?)"),
+]
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed packages, by dotted name."""
+    found = {}
+    for package, folder in SOURCES.items():
+        for path in folder.rglob("*.py"):
+            if package == "dpo_plugins" and path.relative_to(folder).parts[0] in ("adapters", "evals"):
+                continue
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The package modules ``name`` imports anywhere in its body (a package means its ``__init__``)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            candidates = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+        else:
+            continue
+        targets.update(c for c in candidates if c in MODULES and c != name)
+    return targets
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _layer(name: str) -> int:
+    return next(rank for rank, (_, pattern) in enumerate(LAYERS) if re.fullmatch(pattern, name))
+
+
+def test_every_module_has_a_layer():
+    for name in MODULES:
+        _layer(name)
+
+
+def test_imports_point_down_the_layers():
+    upward = [f"{name} -> {target}" for name, targets in GRAPH.items() for target in targets
+              if _layer(target) > _layer(name)]
+    assert upward == []
+
+
+def test_adapters_import_nothing_from_evals_commands_or_cli():
+    forbidden = re.compile(r"dpo_plugins\.(evals|commands|cli)(\..+)?")
+    assert [(n, t) for n, ts in GRAPH.items() if n.startswith("dpo_plugins.adapters") for t in ts
+            if forbidden.fullmatch(t)] == []
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(name, path):
+        state[name] = 1
+        for target in sorted(GRAPH[name]):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[name] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_no_two_modules_share_a_file_name():
+    """Apart from ``__init__.py`` and the ``commands/<subcommand>.py`` mirrors of the modules they call."""
+    names = Counter(path.name for name, path in MODULES.items()
+                    if path.name != "__init__.py" and not name.startswith("dpo_plugins.commands."))
+    assert [name for name, count in names.items() if count > 1] == []
+
+
+@pytest.mark.parametrize("needle, owner", [
+    (r"\bos\.replace\(|\btempfile\.mk|\bshutil\.rmtree\(", "dpo_plugins.atomic"),
+    (r"\byaml\.(safe_load|load|compose|full_load)\(", "dpo_plugins.workflows.config"),
+])
+def test_one_module_writes_atomically_and_one_reads_yaml(needle, owner):
+    users = sorted(name for name, path in MODULES.items()
+                   if re.search(needle, path.read_text(encoding="utf-8"), flags=re.M))
+    assert users == [owner]
+
+
+def test_the_architecture_doc_names_every_module_once():
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- modules -->\n```\n(.*?)```", doc, flags=re.S).group(1)
+    listed, folder = [], ""
+    for line in block.splitlines():
+        entry = line.split()[0] if line.strip() else ""
+        if entry.endswith("/"):
+            folder = entry if not line.startswith(" ") else folder.split("/")[0] + "/" + entry
+        elif entry.endswith(".py"):
+            assert len(line.split(None, 1)) == 2, f"{entry}: no one-line job"
+            listed.append(folder + entry)
+    in_tree = sorted(str(path.relative_to(ROOT)) for path in MODULES.values())
+    assert sorted(listed) == in_tree
+
+
+HOOKS = sorted(name for name, value in vars(hookspecs).items() if hasattr(value, "dpo_plugins_spec"))
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_documented_hook_signature_matches_the_hookspec(hook):
+    documented = re.findall(rf"^## `{hook}\((.*?)\)`", (ROOT / "docs" / "hooks.md").read_text(), flags=re.M)
+    arguments = [a.strip() for a in documented[0].split(",") if a.strip()] if documented else None
+    assert arguments == list(inspect.signature(getattr(hookspecs, hook)).parameters)
