@@ -39,7 +39,7 @@ def check_record(record: PreferenceRecord) -> Iterator[Problem]:
     for key, output in (("chosen", record.chosen), ("rejected", record.rejected)):
         if _is_empty(output):
             yield Problem(key, "empty completion", "empty-completion")
-        roles = {m.get("role") for m in output if isinstance(m, dict)}
+        roles = {m.get("role") for m in output if isinstance(m, dict) and isinstance(m.get("role"), str)}
         if roles & {"user", "system", "developer"}:
             yield Problem(key, "the output holds user/system turns: the chosen and rejected transcripts "
                                "differ before their last answer", "prompt-mismatch")
