@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..records import PreferenceRecord, Problem, RecordError
 from .hf import _common_prefix
 from .extras import extra_fields, with_extras
-from .shapes import require
+from .shapes import check_messages, require
 
 DERIVED = ("prompt", "messages")
 PAIR = ("chosen", "rejected")
@@ -26,6 +26,11 @@ def _question(prompt: list) -> str:
 def to_record(row: dict) -> PreferenceRecord:
     require(row, ("prompt",), str, "UltraFeedback")
     require(row, ("chosen", "rejected"), list, "UltraFeedback")
+    problems: list[Problem] = []
+    for key in PAIR:
+        check_messages(row[key], key, problems)
+    if problems:
+        raise RecordError(problems)
     prompt, chosen, rejected = _common_prefix(row["chosen"], row["rejected"])
     if not prompt:
         raise RecordError([Problem("chosen", "chosen and rejected share no prompt turns", "prompt-mismatch")])
