@@ -65,6 +65,17 @@ def test_extra_fields_named_like_the_target_schema_never_overwrite_the_pair(tmp_
     assert read_jsonl(tmp_path / "back.jsonl") == [row]
 
 
+@pytest.mark.parametrize("target,extra", [
+    ("hh", "prompt"), ("hf", "system"), ("llamafactory-alpaca", "question"), ("axolotl-chatml-intel", "instruction"),
+    ("llamafactory-sharegpt", "messages"), ("axolotl-chat-template", "conversations")])
+def test_extra_fields_never_change_how_the_output_is_detected(tmp_path, capsys, target, extra):
+    row = azure(**{extra: "X"})
+    assert convert(tmp_path, [row], "--from", "azure", "--to", target) == 0
+    assert dpo("convert", tmp_path / "out.jsonl", tmp_path / "back.jsonl", "--to", "azure") == 0
+    assert f"detected format: {target}" in capsys.readouterr().err
+    assert read_jsonl(tmp_path / "back.jsonl") == [row]
+
+
 def test_a_malformed_metadata_namespace_is_an_error(tmp_path, capsys):
     rows = [{"prompt": "Q", "chosen": "A", "rejected": "B", "dpo_metadata": 3},
             {"prompt": "Q", "chosen": "A", "rejected": "B", "id": 1, "dpo_metadata": {"id": 2}}]

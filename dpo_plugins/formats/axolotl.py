@@ -30,7 +30,7 @@ def intel_from_record(record: PreferenceRecord) -> dict:
     chosen, rejected = answer_text(record, "Axolotl chatml.intel")
     row = {"system": system} if system is not None else {}
     row.update({"question": question, "chosen": chosen, "rejected": rejected})
-    return with_extras(row, record.metadata, INTEL_KEYS)
+    return with_extras(row, record.metadata, INTEL_KEYS + ("instruction",))  # not also alpaca-like
 
 
 def template_to_record(row: dict) -> PreferenceRecord:
@@ -55,7 +55,7 @@ def template_from_record(record: PreferenceRecord) -> dict:
     if problems:
         raise RecordError(problems)
     return with_extras({"messages": record.prompt, "chosen": record.chosen[0], "rejected": record.rejected[0]},
-                       record.metadata, TEMPLATE_KEYS)
+                       record.metadata, TEMPLATE_KEYS + ("conversations",))  # not also sharegpt-like
 
 
 def intel_detect(row: dict) -> bool:

@@ -4,8 +4,9 @@ A source row's fields beyond its schema (ids, scores, ...) travel as the
 record's ``metadata``. A target writes each one as a top-level field of its
 own, except a field whose name is one of the target's schema keys (an
 Azure row's extra ``"chosen"`` written as HH, whose pair *is* ``chosen`` /
-``rejected``): such fields go, under their own names, into one object at
-the reserved key :data:`NAMESPACE`. Reading any built-in format unpacks
+``rejected``) or a key that would make the row look like another format
+(a top-level ``prompt`` in HH): such fields go, under their own names, into
+one object at the reserved key :data:`NAMESPACE`. Reading any built-in format unpacks
 that object back into the metadata, so ``azure -> hh -> azure`` returns the
 extra ``"chosen"`` where it was. ``docs/formats.md`` documents the key.
 """

@@ -111,7 +111,7 @@ def from_record(record: PreferenceRecord) -> dict:
         row["tools"] = record.tools
     if record.parallel_tool_calls is not None:
         row["parallel_tool_calls"] = record.parallel_tool_calls
-    return with_extras(row, record.metadata, COLUMNS)
+    return with_extras(row, record.metadata, COLUMNS + OTHER_SHAPES)  # those would change detection
 
 
 def looks_like_hh(row: dict) -> bool:

@@ -17,6 +17,7 @@ from .extras import extra_fields, with_extras
 from .shapes import answer_text, plain_turns, require, text_record
 
 KEYS = ("chosen", "rejected")
+RESERVED = KEYS + ("prompt",)  # a top-level prompt would make the row look like hf
 
 SPEAKER = re.compile(r"\n\n(Human|Assistant):")
 ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -59,7 +60,7 @@ def from_record(record) -> dict:
     chosen, rejected = answer_text(record, "HH")
     prompt = "".join(f"\n\n{LABELS[role]}: {text}" for role, text in turns)
     return with_extras({"chosen": f"{prompt}\n\nAssistant: {chosen}", "rejected": f"{prompt}\n\nAssistant: {rejected}"},
-                       record.metadata, KEYS)
+                       record.metadata, RESERVED)
 
 
 def detect(row: dict) -> bool:

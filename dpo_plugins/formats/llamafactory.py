@@ -62,7 +62,7 @@ def alpaca_from_record(record: PreferenceRecord) -> dict:
         row["system"] = system
     if len(turns) > 1:
         row["history"] = [[turns[i][1], turns[i + 1][1]] for i in range(0, len(turns) - 1, 2)]
-    return with_extras(row, record.metadata, ALPACA_KEYS)
+    return with_extras(row, record.metadata, ALPACA_KEYS + ("question",))  # not also chatml.intel-like
 
 
 def _sharegpt_message(turn, path: str, index: int, problems: list) -> dict | None:
@@ -172,7 +172,7 @@ def sharegpt_from_record(record: PreferenceRecord) -> dict:
     row["rejected"] = _to_turn(record.rejected[0], "rejected[0]")
     if record.tools:
         row["tools"] = orjson.dumps([tool.get("function") for tool in record.tools]).decode()
-    return with_extras(row, record.metadata, SHAREGPT_KEYS)
+    return with_extras(row, record.metadata, SHAREGPT_KEYS + ("messages",))  # not also chat_template-like
 
 
 def alpaca_detect(row: dict) -> bool:
