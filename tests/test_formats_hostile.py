@@ -66,7 +66,7 @@ def test_extra_fields_named_like_the_target_schema_never_overwrite_the_pair(tmp_
 
 
 @pytest.mark.parametrize("target,extra", [
-    ("hh", "prompt"), ("hf", "system"), ("llamafactory-alpaca", "question"), ("axolotl-chatml-intel", "instruction"),
+    ("hh", "prompt"), ("llamafactory-alpaca", "question"), ("axolotl-chatml-intel", "instruction"),
     ("llamafactory-sharegpt", "messages"), ("axolotl-chat-template", "conversations")])
 def test_extra_fields_never_change_how_the_output_is_detected(tmp_path, capsys, target, extra):
     row = azure(**{extra: "X"})

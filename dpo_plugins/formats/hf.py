@@ -111,7 +111,8 @@ def from_record(record: PreferenceRecord) -> dict:
         row["tools"] = record.tools
     if record.parallel_tool_calls is not None:
         row["parallel_tool_calls"] = record.parallel_tool_calls
-    return with_extras(row, record.metadata, COLUMNS + OTHER_SHAPES)  # those would change detection
+    # Extra columns named like other shapes' keys stay columns: hf -> hf is exact (such rows need --from hf).
+    return with_extras(row, record.metadata, COLUMNS)
 
 
 def looks_like_hh(row: dict) -> bool:
