@@ -301,6 +301,17 @@ def test_exactjson_keeps_integers_beyond_64_bits_and_only_whole_boms():
         assert exactjson.strip_bom(partial) == partial
 
 
+def test_duplicate_check_hashes_integers_beyond_64_bits():
+    from dpo_plugins.formats.lint import Duplicates
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"maximum": 2**70}}}]
+    record = PreferenceRecord(prompt=USER, chosen=[{"role": "assistant", "content": "a"}],
+                              rejected=[{"role": "assistant", "content": "b"}], tools=tools)
+    duplicates = Duplicates()
+    assert list(duplicates.check(record, 1)) == []
+    assert [p.message for p in duplicates.check(record, 2)] == ["duplicate of line 1"]
+
+
 # -- cases whose fix lives in files.py (the reader), owned by another change ---
 
 @pytest.mark.xfail(strict=True, reason="needs files.py to parse integers beyond 64 bits exactly (issue #12)")
