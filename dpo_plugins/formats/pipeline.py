@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import DpoPluginsError
-from ..plugins import get_format, get_formats
+from ..plugins import get_format, get_formats, registrations
 from ..records import ERROR, WARNING, PreferenceRecord, Problem, RecordError
 from ..specs import Format
 from .files import Item, RowWriter, read_rows
@@ -175,8 +175,10 @@ def _records(items, source: Format, report: Report):
 
 def _crash(spec: Format, method: str, error: Exception) -> Problem:
     """A hook that raised something other than RecordError on a row: a bug in it, named, for that row."""
+    registration = registrations("format").get(spec.name)
+    plugin = f"plugin {registration.provider}" if registration else "the plugin that registers it"
     return Problem("$", f"format {spec.name!r} crashed in {method}(): {type(error).__name__}: {error} "
-                        "(a bug in the plugin that registers it)", "plugin-crash")
+                        f"(a bug in {plugin})", "plugin-crash")
 
 
 def _written(target: Format, record: PreferenceRecord, report: Report, line: int, lossy: bool) -> Optional[dict]:
