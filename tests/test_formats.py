@@ -351,8 +351,9 @@ def test_a_crashing_format_plugin_is_named_with_the_line(registered, tmp_path):
             yield Format(name="broken-io", to_record=lambda row: row["nope"], from_record=None)
 
     registered(Broken(), "broken-io")
-    source = write_jsonl(tmp_path / "b.jsonl", [{"a": 1}])
-    with pytest.raises(dpo_plugins.PluginError, match=r"b.jsonl:1: format 'broken-io' crashed in to_record\(\): KeyError"):
+    source = write_jsonl(tmp_path / "b.jsonl", [{"a": 1}, {"a": 2}])
+    with pytest.raises(DpoPluginsError, match=r"(?s)b.jsonl:1: \$: format 'broken-io' crashed in to_record\(\): KeyError"
+                                              r".*b.jsonl:2: \$: format 'broken-io' crashed"):
         read_trl_rows(source, "broken-io")
     assert not (tmp_path / "out.jsonl").exists()
 

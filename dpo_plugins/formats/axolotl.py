@@ -9,7 +9,8 @@ conversation) with single-message ``chosen`` and ``rejected`` dicts.
 from __future__ import annotations
 
 from ..records import PreferenceRecord, Problem, RecordError
-from .shapes import answer_text, require, single_turn, text_record
+from .extras import extra_fields, with_extras
+from .shapes import answer_text, check_messages, require, single_turn, text_record
 
 INTEL_KEYS = ("system", "question", "chosen", "rejected")
 TEMPLATE_KEYS = ("messages", "chosen", "rejected")
@@ -17,25 +18,33 @@ TEMPLATE_KEYS = ("messages", "chosen", "rejected")
 
 def intel_to_record(row: dict) -> PreferenceRecord:
     require(row, ("question", "chosen", "rejected"), str, "Axolotl chatml.intel")
+    if "system" in row and not isinstance(row["system"], (str, type(None))):
+        raise RecordError([Problem("system", "must be a string", "schema")])
     prompt = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     prompt.append({"role": "user", "content": row["question"]})
-    metadata = {key: value for key, value in row.items() if key not in INTEL_KEYS}
-    return text_record(prompt, row["chosen"], row["rejected"], metadata)
+    return text_record(prompt, row["chosen"], row["rejected"], extra_fields(row, INTEL_KEYS))
 
 
 def intel_from_record(record: PreferenceRecord) -> dict:
     system, question = single_turn(record, "Axolotl chatml.intel", system=True)
     chosen, rejected = answer_text(record, "Axolotl chatml.intel")
     row = {"system": system} if system is not None else {}
-    row.update({"question": question, "chosen": chosen, "rejected": rejected, **record.metadata})
-    return row
+    row.update({"question": question, "chosen": chosen, "rejected": rejected})
+    return with_extras(row, record.metadata, INTEL_KEYS + ("instruction",))  # not also alpaca-like
 
 
 def template_to_record(row: dict) -> PreferenceRecord:
     require(row, ("messages",), list, "Axolotl chat_template")
     require(row, ("chosen", "rejected"), dict, "Axolotl chat_template")
-    metadata = {key: value for key, value in row.items() if key not in TEMPLATE_KEYS}
-    return PreferenceRecord(prompt=row["messages"], chosen=[row["chosen"]], rejected=[row["rejected"]], metadata=metadata)
+    problems: list[Problem] = []
+    check_messages(row["messages"], "messages", problems)
+    for key in ("chosen", "rejected"):
+        check_messages([row[key]], key, problems)
+    if problems:
+        raise RecordError([Problem(p.path.replace("chosen[0]", "chosen").replace("rejected[0]", "rejected"),
+                                   p.message, p.rule) for p in problems])
+    return PreferenceRecord(prompt=row["messages"], chosen=[row["chosen"]], rejected=[row["rejected"]],
+                            metadata=extra_fields(row, TEMPLATE_KEYS))
 
 
 def template_from_record(record: PreferenceRecord) -> dict:
@@ -45,7 +54,8 @@ def template_from_record(record: PreferenceRecord) -> dict:
         problems.append(Problem("tools", "Axolotl chat_template rows cannot carry tools", "unrepresentable"))
     if problems:
         raise RecordError(problems)
-    return {"messages": record.prompt, "chosen": record.chosen[0], "rejected": record.rejected[0], **record.metadata}
+    return with_extras({"messages": record.prompt, "chosen": record.chosen[0], "rejected": record.rejected[0]},
+                       record.metadata, TEMPLATE_KEYS + ("conversations",))  # not also sharegpt-like
 
 
 def intel_detect(row: dict) -> bool:

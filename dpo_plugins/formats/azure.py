@@ -19,6 +19,7 @@ from typing import Iterable, Optional
 import orjson
 
 from ..records import WARNING, PreferenceRecord, Problem, RecordError
+from .extras import extra_fields, with_extras
 from .lint import text_of
 
 TOP_LEVEL = ("input", "preferred_output", "non_preferred_output")
@@ -194,14 +195,15 @@ class _Checker:
             self.add(path, "a tool message must follow an assistant message with tool_calls", "role-order")
         elif isinstance(call_id, str) and call_id not in pending:
             self.add(f"{path}.tool_call_id", f"{call_id!r} answers none of the pending calls", "tool-calls")
-        pending.discard(call_id)
+        if isinstance(call_id, str):  # a wrong-typed id is reported by message()
+            pending.discard(call_id)
 
     @staticmethod
     def call_ids(message: dict) -> set:
         calls = message.get("tool_calls")
         if not isinstance(calls, list):
             return set()
-        return {call.get("id") for call in calls if isinstance(call, dict)}
+        return {call["id"] for call in calls if isinstance(call, dict) and isinstance(call.get("id"), str)}
 
     def input_messages(self, messages: list) -> None:
         pending: set = set()
@@ -288,7 +290,7 @@ def _plain_role(message) -> Optional[str]:
     that no message rule can fault (tool messages need more checks), else None."""
     if type(message) is dict and len(message) == 2 and type(message.get("content")) is str:
         role = message.get("role")
-        if role in PLAIN_ROLES:
+        if type(role) is str and role in PLAIN_ROLES:
             return role
     return None
 
@@ -311,7 +313,7 @@ def to_record(row: dict, profile: str) -> PreferenceRecord:
         rejected=row["non_preferred_output"],
         tools=source.get("tools"),
         parallel_tool_calls=source.get("parallel_tool_calls"),
-        metadata={key: value for key, value in row.items() if key not in TOP_LEVEL},
+        metadata=extra_fields(row, TOP_LEVEL),
     )
 
 
@@ -321,10 +323,8 @@ def from_record(record: PreferenceRecord, profile: str) -> dict:
         source["tools"] = record.tools
     if record.parallel_tool_calls is not None:
         source["parallel_tool_calls"] = record.parallel_tool_calls
-    clashes = [key for key in record.metadata if key in TOP_LEVEL]
-    if clashes:
-        raise RecordError([Problem(key, "metadata field clashes with an Azure/OpenAI field", "schema") for key in clashes])
-    row = {"input": source, "preferred_output": record.chosen, "non_preferred_output": record.rejected, **record.metadata}
+    row = with_extras({"input": source, "preferred_output": record.chosen, "non_preferred_output": record.rejected},
+                      record.metadata, TOP_LEVEL)
     problems = check_row(row, profile)
     if problems:
         raise RecordError(problems)

@@ -17,27 +17,25 @@ from typing import Optional
 import orjson
 
 from ..records import PreferenceRecord, Problem, RecordError
+from .extras import extra_fields, with_extras
+from .shapes import check_messages
 
 COLUMNS = ("prompt", "chosen", "rejected", "tools", "parallel_tool_calls")
 
 
 def _common_prefix(chosen, rejected):
-    """TRL's ``extract_prompt`` split: the shared prefix, minus a trailing space."""
+    """TRL's ``extract_prompt`` split: the shared prefix, minus a trailing space.
+
+    Unlike TRL, a difference at the very first character splits at 0 (TRL
+    steps back to index -1 there, which slices ``"No"`` to ``"o"``).
+    """
     index = 0
     for index in range(min(len(chosen), len(rejected))):
         if chosen[index] != rejected[index]:
-            if chosen[index - 1] == " ":
+            if index > 0 and chosen[index - 1] == " ":
                 index -= 1
             break
     return chosen[:index], chosen[index:], rejected[index:]
-
-
-def _check_messages(value, path: str, problems: list) -> None:
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            problems.append(Problem(f"{path}[{index}]", "each message must be an object", "schema"))
-        elif not isinstance(message.get("role"), str):
-            problems.append(Problem(f"{path}[{index}]", "missing the `role` field", "role"))
 
 
 def to_record(row: dict) -> PreferenceRecord:
@@ -55,14 +53,14 @@ def to_record(row: dict) -> PreferenceRecord:
             expected = "a string (standard format)" if text else "a list of messages (conversational format)"
             problems.append(Problem(key, f"must be {expected} like chosen, found {type(row[key]).__name__}", "schema"))
         elif key in row and not text:
-            _check_messages(row[key], key, problems)
+            check_messages(row[key], key, problems)
     tools = row.get("tools")
     if isinstance(tools, str):
         try:
             tools = orjson.loads(tools)
         except orjson.JSONDecodeError:
             problems.append(Problem("tools", "a string tools column must hold JSON", "tools"))
-    if tools is not None and not isinstance(tools, list):
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)):
         problems.append(Problem("tools", "must be a list of function schemas (or one as a JSON string)", "tools"))
     parallel = row.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
@@ -86,7 +84,7 @@ def to_record(row: dict) -> PreferenceRecord:
         rejected=rejected,
         tools=tools,
         parallel_tool_calls=parallel,
-        metadata={key: value for key, value in row.items() if key not in COLUMNS},
+        metadata=extra_fields(row, COLUMNS),
         text=text,
         implicit_prompt=implicit,
     )
@@ -100,9 +98,6 @@ def _only_text(messages: list, role: str, path: str) -> Optional[str]:
 
 
 def from_record(record: PreferenceRecord) -> dict:
-    clashes = [key for key in record.metadata if key in COLUMNS]
-    if clashes:
-        raise RecordError([Problem(key, "metadata field clashes with a TRL column", "schema") for key in clashes])
     prompt, chosen, rejected = record.prompt, record.chosen, record.rejected
     if record.text:
         prompt = _only_text(prompt, "user", "prompt")
@@ -116,8 +111,8 @@ def from_record(record: PreferenceRecord) -> dict:
         row["tools"] = record.tools
     if record.parallel_tool_calls is not None:
         row["parallel_tool_calls"] = record.parallel_tool_calls
-    row.update(record.metadata)
-    return row
+    # Extra columns named like other shapes' keys stay columns: hf -> hf is exact (such rows need --from hf).
+    return with_extras(row, record.metadata, COLUMNS)
 
 
 def looks_like_hh(row: dict) -> bool:

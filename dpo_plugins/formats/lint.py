@@ -9,6 +9,7 @@ and duplicate records (a warning: upsampling is sometimes meant).
 
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import orjson
@@ -39,7 +40,7 @@ def check_record(record: PreferenceRecord) -> Iterator[Problem]:
     for key, output in (("chosen", record.chosen), ("rejected", record.rejected)):
         if _is_empty(output):
             yield Problem(key, "empty completion", "empty-completion")
-        roles = {m.get("role") for m in output if isinstance(m, dict)}
+        roles = {m.get("role") for m in output if isinstance(m, dict) and isinstance(m.get("role"), str)}
         if roles & {"user", "system", "developer"}:
             yield Problem(key, "the output holds user/system turns: the chosen and rejected transcripts "
                                "differ before their last answer", "prompt-mismatch")
@@ -52,8 +53,11 @@ class Duplicates:
         self.first_line: dict[int, int] = {}
 
     def check(self, record: PreferenceRecord, line: int) -> Iterator[Problem]:
-        key = hash(orjson.dumps([record.prompt, record.chosen, record.rejected, record.tools],
-                                option=orjson.OPT_SORT_KEYS))
+        pair = [record.prompt, record.chosen, record.rejected, record.tools]
+        try:
+            key = hash(orjson.dumps(pair, option=orjson.OPT_SORT_KEYS))
+        except orjson.JSONEncodeError:  # an integer beyond 64 bits (a JSON schema's bound): exact, slower
+            key = hash(json.dumps(pair, sort_keys=True))
         first = self.first_line.setdefault(key, line)
         if first != line:
             yield Problem("$", f"duplicate of line {first}", "duplicate", WARNING)

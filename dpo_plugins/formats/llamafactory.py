@@ -18,24 +18,36 @@ from __future__ import annotations
 import orjson
 
 from ..records import PreferenceRecord, Problem, RecordError
+from .extras import extra_fields, with_extras
 from .shapes import answer_text, plain_turns, require, text_record
 
 ALPACA_KEYS = ("instruction", "input", "chosen", "rejected", "system", "history")
 SHAREGPT_KEYS = ("conversations", "chosen", "rejected", "system", "tools")
 
 
+def _optional_text(row: dict, keys, problems: list) -> None:
+    """Optional string fields: a number or list there is an error, not text to mangle."""
+    for key in keys:
+        if row.get(key) is not None and not isinstance(row[key], str):
+            problems.append(Problem(key, f"must be a string, found {type(row[key]).__name__}", "schema"))
+
+
 def alpaca_to_record(row: dict) -> PreferenceRecord:
     require(row, ("instruction", "chosen", "rejected"), str, "LLaMA-Factory alpaca")
-    prompt = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    problems: list[Problem] = []
+    _optional_text(row, ("input", "system"), problems)
     history = row.get("history") or []
-    if not isinstance(history, list) or not all(isinstance(p, list) and len(p) == 2 for p in history):
-        raise RecordError([Problem("history", "must be a list of [question, answer] pairs", "schema")])
+    if not isinstance(history, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(text, str) for text in p) for p in history):
+        problems.append(Problem("history", "must be a list of [question, answer] string pairs", "schema"))
+    if problems:
+        raise RecordError(problems)
+    prompt = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     for question, answer in history:
         prompt += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     question = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
     prompt.append({"role": "user", "content": question})
-    metadata = {key: value for key, value in row.items() if key not in ALPACA_KEYS}
-    return text_record(prompt, row["chosen"], row["rejected"], metadata)
+    return text_record(prompt, row["chosen"], row["rejected"], extra_fields(row, ALPACA_KEYS))
 
 
 def alpaca_from_record(record: PreferenceRecord) -> dict:
@@ -50,8 +62,7 @@ def alpaca_from_record(record: PreferenceRecord) -> dict:
         row["system"] = system
     if len(turns) > 1:
         row["history"] = [[turns[i][1], turns[i + 1][1]] for i in range(0, len(turns) - 1, 2)]
-    row.update(record.metadata)
-    return row
+    return with_extras(row, record.metadata, ALPACA_KEYS + ("question",))  # not also chatml.intel-like
 
 
 def _sharegpt_message(turn, path: str, index: int, problems: list) -> dict | None:
@@ -66,12 +77,16 @@ def _sharegpt_message(turn, path: str, index: int, problems: list) -> dict | Non
             problems.append(Problem(f"{path}.value", "a function_call value must be JSON", "tool-calls"))
             return None
         calls = calls if isinstance(calls, list) else [calls]
+        if not calls or not all(isinstance(call, dict) and isinstance(call.get("name"), str) for call in calls):
+            problems.append(Problem(f"{path}.value", 'a function_call value holds {"name": ..., "arguments": ...} '
+                                                     "calls with string names", "tool-calls"))
+            return None
         return {"role": "assistant", "content": None, "tool_calls": [
             {"id": f"call_{index}_{n}", "type": "function",
              "function": {"name": call.get("name"), "arguments": orjson.dumps(call.get("arguments", {})).decode()}}
-            for n, call in enumerate(calls) if isinstance(call, dict)]}
+            for n, call in enumerate(calls)]}
     roles = {"human": "user", "gpt": "assistant", "system": "system", "observation": "tool"}
-    if source not in roles:
+    if not isinstance(source, str) or source not in roles:
         problems.append(Problem(f"{path}.from", f"{source!r} is not one of {', '.join(roles)}, function_call", "role"))
         return None
     return {"role": roles[source], "content": turn["value"]}
@@ -91,6 +106,7 @@ def sharegpt_to_record(row: dict) -> PreferenceRecord:
     require(row, ("conversations",), list, "LLaMA-Factory sharegpt")
     require(row, ("chosen", "rejected"), dict, "LLaMA-Factory sharegpt")
     problems: list[Problem] = []
+    _optional_text(row, ("system",), problems)
     prompt = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     for index, turn in enumerate(row["conversations"]):
         message = _sharegpt_message(turn, f"conversations[{index}]", index, problems)
@@ -101,26 +117,43 @@ def sharegpt_to_record(row: dict) -> PreferenceRecord:
     if row.get("tools"):
         try:
             declared = orjson.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
+        except orjson.JSONDecodeError:
+            declared = None
+        if isinstance(declared, list) and all(isinstance(function, dict) for function in declared):
             tools = [{"type": "function", "function": function} for function in declared]
-        except (orjson.JSONDecodeError, TypeError):
+        else:
             problems.append(Problem("tools", "must be a JSON list of function schemas", "tools"))
     if problems:
         raise RecordError(problems)
     _link_observations(prompt)
-    metadata = {key: value for key, value in row.items() if key not in SHAREGPT_KEYS}
-    return PreferenceRecord(prompt=prompt, chosen=[outputs[0]], rejected=[outputs[1]], tools=tools, metadata=metadata)
+    return PreferenceRecord(prompt=prompt, chosen=[outputs[0]], rejected=[outputs[1]], tools=tools,
+                            metadata=extra_fields(row, SHAREGPT_KEYS))
 
 
 def _to_turn(message: dict, path: str) -> dict:
     role, content = message.get("role"), message.get("content")
     if role == "assistant" and message.get("tool_calls"):
-        calls = [{"name": c["function"]["name"], "arguments": orjson.loads(c["function"]["arguments"])}
-                 for c in message["tool_calls"]]
+        calls = [_call(call, f"{path}.tool_calls[{n}]") for n, call in enumerate(message["tool_calls"])]
         return {"from": "function_call", "value": orjson.dumps(calls[0] if len(calls) == 1 else calls).decode()}
     names = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}
     if role not in names or not isinstance(content, str):
         raise RecordError([Problem(path, f"sharegpt holds plain text turns of {', '.join(names)}", "unrepresentable")])
     return {"from": names[role], "value": content}
+
+
+def _call(call: dict, path: str) -> dict:
+    """One OpenAI tool call as a LLaMA-Factory ``{"name", "arguments"}`` object (arguments as JSON, not text)."""
+    function = call.get("function")
+    arguments = function.get("arguments", "{}") if isinstance(function, dict) else None
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            arguments = None
+    if not isinstance(function, dict) or arguments is None:
+        raise RecordError([Problem(f"{path}.function", "sharegpt stores a call as a function name with JSON "
+                                                       "arguments; this call has none", "unrepresentable")])
+    return {"name": function.get("name"), "arguments": arguments}
 
 
 def sharegpt_from_record(record: PreferenceRecord) -> dict:
@@ -139,8 +172,7 @@ def sharegpt_from_record(record: PreferenceRecord) -> dict:
     row["rejected"] = _to_turn(record.rejected[0], "rejected[0]")
     if record.tools:
         row["tools"] = orjson.dumps([tool.get("function") for tool in record.tools]).decode()
-    row.update(record.metadata)
-    return row
+    return with_extras(row, record.metadata, SHAREGPT_KEYS + ("messages",))  # not also chat_template-like
 
 
 def alpaca_detect(row: dict) -> bool:

@@ -4,7 +4,8 @@ Both stream: a row is read, converted through the canonical record and
 written (or checked) before the next is read, so memory stays flat whatever
 the file size (Arrow outputs are staged on disk first: see ``files.py``).
 Problems are collected with their line numbers so that every
-bad line is reported, not only the first.
+bad line is reported, not only the first; a format hook that crashes on a
+row is that row's problem (naming the plugin), not the end of the run.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import DpoPluginsError, PluginError
-from ..plugins import get_format, get_formats
-from ..records import ERROR, PreferenceRecord, Problem, RecordError
+from ..errors import DpoPluginsError
+from ..plugins import get_format, get_formats, registrations
+from ..records import ERROR, WARNING, PreferenceRecord, Problem, RecordError
 from ..specs import Format
 from .files import Item, RowWriter, read_rows
 from .lint import Duplicates, check_record
+from .lossless import field_of, lost_fields, nesting_problem
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,24 @@ class Finding:
     problem: Problem
 
     def __str__(self) -> str:
+        """One line, whatever the row held: control characters in keys or values are escaped."""
         p = self.problem
         tag = p.rule if p.severity == ERROR else f"{p.rule}, {p.severity}"
         if self.line == 0:
-            return f"{self.path}: {p.message} [{tag}]"
-        return f"{self.path}:{self.line}: {p.path}: {p.message} [{tag}]"
+            return _escaped(f"{self.path}: {p.message} [{tag}]")
+        return _escaped(f"{self.path}:{self.line}: {p.path}: {p.message} [{tag}]")
 
     def as_dict(self) -> dict:
         p = self.problem
         return {"path": self.path, "line": self.line, "json_path": p.path, "message": p.message,
                 "rule": p.rule, "severity": p.severity}
+
+
+def _escaped(text: str) -> str:
+    """``text`` with control characters as escapes, so a key holding a newline cannot forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass
@@ -146,6 +156,10 @@ def _records(items, source: Format, report: Report):
         if isinstance(row, Problem):
             report.add(line, row)
             continue
+        deep = nesting_problem(row)
+        if deep is not None:
+            report.add(line, deep)
+            continue
         try:
             record = source.to_record(row)
         except RecordError as error:
@@ -153,22 +167,53 @@ def _records(items, source: Format, report: Report):
                 report.add(line, problem)
             continue
         except Exception as error:
-            raise _crash(source, "to_record", report.path, line, error) from error
+            report.add(line, _crash(source, "to_record", error))
+            continue
         report.valid += 1
         yield line, row, record
 
 
-def _crash(spec: Format, method: str, path: str, line: int, error: Exception) -> PluginError:
-    """A converter that raised something other than RecordError: a bug in it, named."""
-    return PluginError(f"{path}:{line}: format {spec.name!r} crashed in {method}(): {type(error).__name__}: {error}")
+def _crash(spec: Format, method: str, error: Exception) -> Problem:
+    """A hook that raised something other than RecordError on a row: a bug in it, named, for that row."""
+    registration = registrations("format").get(spec.name)
+    plugin = f"plugin {registration.provider}" if registration else "the plugin that registers it"
+    return Problem("$", f"format {spec.name!r} crashed in {method}(): {type(error).__name__}: {error} "
+                        f"(a bug in {plugin})", "plugin-crash")
 
 
-def convert(src, dst, from_format=None, to_format=None, skip_invalid=False, bom=False) -> Report:
-    """Convert ``src`` to ``dst``; strict unless ``skip_invalid``.
+def _written(target: Format, record: PreferenceRecord, report: Report, line: int, lossy: bool) -> Optional[dict]:
+    """``record`` as a row of ``target``, or None; every problem and loss lands in ``report``.
+
+    A loss (what the row no longer holds, see ``lossless.py``) is an error,
+    or with ``lossy`` a warning counted per field in ``report.stats["lost"]``.
+    """
+    try:
+        row = target.from_record(record)
+        losses = lost_fields(target, record, row, WARNING if lossy else ERROR)
+    except RecordError as error:
+        for problem in error.problems:
+            report.add(line, Problem(problem.path, f"cannot be written as {target.name}: {problem.message}",
+                                     problem.rule))
+        return None
+    except Exception as error:
+        report.add(line, _crash(target, "from_record", error))
+        return None
+    for problem in losses:
+        report.add(line, problem)
+        if problem.severity == WARNING:
+            lost = report.stats.setdefault("lost", Counter())
+            lost[field_of(problem)] += 1
+    return None if any(p.severity == ERROR for p in losses) else row
+
+
+def convert(src, dst, from_format=None, to_format=None, skip_invalid=False, bom=False, lossy=False) -> Report:
+    """Convert ``src`` to ``dst``; strict unless ``skip_invalid``, lossless unless ``lossy``.
 
     Strict: any invalid line fails the run (``DpoPluginsError`` listing them
     all) and nothing is written. With ``skip_invalid`` the valid rows are
-    written and the report lists each skipped line.
+    written and the report lists each skipped line. A field the target
+    cannot hold is an error for its line; with ``lossy`` a warning, and the
+    row is written without it.
     """
     report = Report(str(src))
     formats = _formats()
@@ -179,15 +224,9 @@ def convert(src, dst, from_format=None, to_format=None, skip_invalid=False, bom=
         target = target or formats[report.source]
         writer = RowWriter(dst, bom=bom)
         for line, _, record in stream:
-            try:
-                row = target.from_record(record)
-            except RecordError as error:
-                for problem in error.problems:
-                    report.add(line, Problem(problem.path, f"cannot be written as {target.name}: {problem.message}",
-                                             problem.rule))
+            row = _written(target, record, report, line, lossy)
+            if row is None:
                 continue
-            except Exception as error:
-                raise _crash(target, "from_record", report.path, line, error) from error
             if skip_invalid or not report.error_count:
                 writer.write(row)
         report.written = writer.count
@@ -219,14 +258,19 @@ def validate(path, from_format=None, profile=None, model=None, max_length=None) 
 
         token_checks = TokenChecks(model, max_length, (profile_format or source).max_example_tokens)
     for line, row, record in stream:
-        for problem in source.lint(row) if source.lint else ():
-            report.add(line, problem)
+        try:
+            for problem in source.lint(row) if source.lint else ():
+                report.add(line, problem)
+        except Exception as error:
+            report.add(line, _crash(source, "lint", error))
         if profile_format is not None and profile_format.name != source.name:
             try:
                 profile_format.from_record(record)
             except RecordError as error:
                 for problem in error.problems:
                     report.add(line, Problem(problem.path, f"as {profile}: {problem.message}", problem.rule))
+            except Exception as error:
+                report.add(line, _crash(profile_format, "from_record", error))
         for problem in check_record(record):
             report.add(line, problem)
         for problem in duplicates.check(record, line):

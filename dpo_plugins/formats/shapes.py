@@ -26,6 +26,48 @@ def require(row: dict, keys: Iterable[str], kind, what: str) -> None:
         raise RecordError(problems)
 
 
+def check_messages(value, path: str, problems: list) -> None:
+    """Each message of ``value`` (a list) a dict of well-typed OpenAI-style fields.
+
+    A wrong-typed field is an error here, when reading, rather than a crash
+    or a mangled row in whichever format it is written to later.
+    """
+    for index, message in enumerate(value):
+        if type(message) is dict and len(message) == 2 and type(message.get("content")) is str \
+                and type(message.get("role")) is str:
+            continue  # the common plain message, checked fast (conversion speed)
+        where = f"{path}[{index}]"
+        if not isinstance(message, dict):
+            problems.append(Problem(where, "each message must be an object", "schema"))
+            continue
+        if not isinstance(message.get("role"), str):
+            problems.append(Problem(f"{where}.role" if "role" in message else where,
+                                    "must be a string" if "role" in message else "missing the `role` field", "role"))
+        if not isinstance(message.get("content"), (str, list, type(None))):
+            problems.append(Problem(f"{where}.content", "must be a string or a list of parts", "schema"))
+        for key in ("name", "tool_call_id"):
+            if key in message and not isinstance(message[key], str):
+                problems.append(Problem(f"{where}.{key}", "must be a string", "schema"))
+        if "tool_calls" in message:
+            _check_calls(message["tool_calls"], f"{where}.tool_calls", problems)
+
+
+def _check_calls(calls, path: str, problems: list) -> None:
+    if not isinstance(calls, list):
+        problems.append(Problem(path, "must be a list", "tool-calls"))
+        return
+    for index, call in enumerate(calls):
+        where = f"{path}[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            problems.append(Problem(f"{where}.function", "a tool call needs a function object with a string name",
+                                    "tool-calls"))
+        elif not isinstance(function.get("arguments", ""), (str, dict)):
+            problems.append(Problem(f"{where}.function.arguments", "must be a JSON string or an object", "tool-calls"))
+        if isinstance(call, dict) and "id" in call and not isinstance(call["id"], str):
+            problems.append(Problem(f"{where}.id", "must be a string", "tool-calls"))
+
+
 def answer_text(record: PreferenceRecord, format_name: str) -> tuple[str, str]:
     """The chosen and rejected answers, each a single plain assistant message."""
     texts, problems = [], []

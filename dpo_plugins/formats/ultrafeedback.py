@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from ..records import PreferenceRecord, Problem, RecordError
 from .hf import _common_prefix
-from .shapes import require
+from .extras import extra_fields, with_extras
+from .shapes import check_messages, require
 
 DERIVED = ("prompt", "messages")
+PAIR = ("chosen", "rejected")
 
 
 def _question(prompt: list) -> str:
@@ -24,10 +26,15 @@ def _question(prompt: list) -> str:
 def to_record(row: dict) -> PreferenceRecord:
     require(row, ("prompt",), str, "UltraFeedback")
     require(row, ("chosen", "rejected"), list, "UltraFeedback")
+    problems: list[Problem] = []
+    for key in PAIR:
+        check_messages(row[key], key, problems)
+    if problems:
+        raise RecordError(problems)
     prompt, chosen, rejected = _common_prefix(row["chosen"], row["rejected"])
     if not prompt:
         raise RecordError([Problem("chosen", "chosen and rejected share no prompt turns", "prompt-mismatch")])
-    metadata = {key: value for key, value in row.items() if key not in ("chosen", "rejected")}
+    metadata = extra_fields(row, PAIR)
     if metadata["prompt"] == _question(prompt):
         del metadata["prompt"]
     if metadata.get("messages", row["chosen"]) == row["chosen"]:
@@ -40,10 +47,10 @@ def from_record(record: PreferenceRecord) -> dict:
         raise RecordError([Problem("tools", "UltraFeedback cannot carry tools", "unrepresentable")])
     chosen = record.prompt + record.chosen
     row = {"prompt": record.metadata.get("prompt", _question(record.prompt))}
-    row.update({key: value for key, value in record.metadata.items() if key not in DERIVED})
     row.update({"chosen": chosen, "rejected": record.prompt + record.rejected,
                 "messages": record.metadata.get("messages", chosen)})
-    return row
+    extras = {key: value for key, value in record.metadata.items() if key not in DERIVED}
+    return with_extras(row, extras, PAIR + DERIVED)
 
 
 def detect(row: dict) -> bool:
