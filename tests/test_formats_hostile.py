@@ -315,14 +315,12 @@ def test_duplicate_check_hashes_integers_beyond_64_bits():
 
 # -- cases whose fix lives in files.py (the reader), owned by another change ---
 
-@pytest.mark.xfail(strict=True, reason="needs files.py to parse integers beyond 64 bits exactly (issue #12)")
 def test_integers_beyond_64_bits_are_kept_exactly(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b", "n": 184467440737095516160}\n')
     assert dpo("convert", tmp_path / "in.jsonl", tmp_path / "out.jsonl") == 0
     assert '"n":184467440737095516160' in (tmp_path / "out.jsonl").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="needs files.py to strip only a whole BOM, not any of its bytes (issue #12)")
 def test_a_json_file_starting_with_part_of_a_bom_is_an_error(tmp_path):
     (tmp_path / "in.json").write_bytes(b'\xbb\xef[{"prompt": "p", "chosen": "a", "rejected": "b"}]')
     with pytest.raises(DpoPluginsError):

@@ -29,6 +29,8 @@ import orjson
 from ..atomic import discard, publish, staging_folder
 from ..errors import DpoPluginsError
 from ..records import Problem
+from . import exactjson
+from .exactjson import strip_bom
 
 BOM = b"\xef\xbb\xbf"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
@@ -75,7 +77,7 @@ def _open_binary(path: Path):
 def parse_line(raw: bytes) -> Union[dict, Problem]:
     """One JSONL line as a dict, or the Problem with it."""
     try:
-        row = orjson.loads(raw)
+        row = exactjson.loads(raw)
     except orjson.JSONDecodeError as error:
         try:
             raw.decode("utf-8")
@@ -100,14 +102,14 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
 def _read_json(path: Path) -> Iterator[Item]:
     """A ``.json`` file: a JSON array of rows, or JSON lines (as ``datasets`` accepts)."""
     with _open_binary(path) as handle:
-        head = handle.read(4096).lstrip(BOM).lstrip()
+        head = strip_bom(handle.read(4096)).lstrip()
     if not head.startswith(b"["):
         yield from _read_jsonl(path)
         return
     with _open_binary(path) as handle:
-        raw = handle.read().lstrip(BOM)
+        raw = strip_bom(handle.read())
     try:
-        rows = orjson.loads(raw)
+        rows = exactjson.loads(raw)
     except orjson.JSONDecodeError:
         yield 1, parse_line(raw)  # the same message a JSONL line would get
         return
@@ -179,11 +181,11 @@ class RowWriter:
 
     def write(self, row: dict) -> None:
         if self.container == "json":
-            self._handle.write((b",\n" if self.count else b"\n") + orjson.dumps(row))
+            self._handle.write((b",\n" if self.count else b"\n") + exactjson.dumps(row))
         else:
             if self.container != "jsonl" and isinstance(row.get("tools"), list):
                 row = {**row, "tools": orjson.dumps(row["tools"]).decode()}
-            self._handle.write(orjson.dumps(row) + b"\n")
+            self._handle.write(exactjson.dumps(row) + b"\n")
         self.count += 1
 
     def _close(self) -> None:
@@ -209,7 +211,7 @@ class RowWriter:
         batch = []
         with open(self._work / "staged.jsonl", "rb") as handle:
             for line in handle:
-                batch.append(orjson.loads(line))
+                batch.append(exactjson.loads(line))
                 if len(batch) == size:
                     yield batch
                     batch = []
