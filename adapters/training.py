@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from dpo_plugins.atomic import atomic_directory
+from dpo_plugins.atomic import atomic_directory, mark
 from dpo_plugins.errors import DpoPluginsError
 
 from .models import load_model, load_tokenizer, resolve_model
@@ -47,6 +47,8 @@ def run_training(settings, read_rows: Callable[[str, Optional[str]], list]) -> P
         model_path = run_sft(model_path, train_rows, options, args)
     ref_path = resolve_model(options.ref_model) if options.ref_model else None
     trainer = _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args, terms)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    mark(args.output_dir, "dpo train")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     trainer.log_metrics("train", result.metrics)

@@ -15,6 +15,10 @@ class DpoPluginsError(Exception):
     """Base class: a problem the user can fix, reported without a traceback."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup handler runs; the CLI exits 143."""
+
+
 class PluginError(DpoPluginsError):
     """A plugin failed to load or raised inside a hook; the message names it."""
 

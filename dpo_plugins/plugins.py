@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Dict, Iterator, Tuple
@@ -107,6 +108,15 @@ def _check_hook_names(who: str) -> None:
         pm.check_pending()
     except pluggy.PluginValidationError as error:
         raise PluginError(f"{who}: {error}") from error
+
+
+def plugin_of_file(filename: str) -> str | None:
+    """The provider of the registered third-party plugin whose module is ``filename``, if any."""
+    for plugin in pm.get_plugins():
+        path = getattr(plugin, "__file__", None) or getattr(sys.modules.get(type(plugin).__module__), "__file__", None)
+        if path and os.path.abspath(path) == os.path.abspath(filename) and not provider_of(plugin).startswith("dpo_plugins."):
+            return provider_of(plugin)
+    return None
 
 
 def provider_of(plugin: object) -> str:

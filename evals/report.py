@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dpo_plugins.atomic import atomic_file, discard, publish, staging_folder
+from dpo_plugins.atomic import atomic_file, discard, mark, publish, staging_folder
 
 MARGIN_PLOT = "margin_histogram.png"
 WINRATE_PLOT = "win_rate.png"
@@ -23,6 +23,7 @@ def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Map
     """Write the report files into ``report_dir``; return their paths."""
     report_dir = Path(report_dir)
     staging = staging_folder(report_dir)
+    mark(staging, "dpo eval")
     try:
         _dump_json(staging / "metrics.json", metrics)
         _dump_jsonl(staging / "pairs.jsonl", pair_rows)

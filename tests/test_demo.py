@@ -7,7 +7,8 @@ import json
 import pytest
 
 from dpo_plugins.cli import main
-from dpo_plugins.workflows.demo import OUTPUT_MARKER, DemoSettings, fresh_output_dir, run_demo
+from dpo_plugins.atomic import OUTPUT_MARKER
+from dpo_plugins.workflows.demo import DemoSettings, fresh_output_dir, run_demo
 from dpo_plugins.errors import DpoPluginsError
 
 
@@ -38,7 +39,7 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
 
 def test_the_demo_never_replaces_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(DpoPluginsError, match="not an earlier dpo demo's output"):
+    with pytest.raises(DpoPluginsError, match="was not written by dpo-plugins"):
         fresh_output_dir(tmp_path)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     earlier = tmp_path / "earlier"

@@ -23,10 +23,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from dpo_plugins.atomic import claim_folder
     from dpo_plugins.workflows.anneal import anneal_stages, load_anneal_plan
     from dpo_plugins.workflows.stages import run_stages
 
     plan = load_anneal_plan(args.config)
+    claim_folder(plan.output_dir, "dpo anneal", inputs=[args.config])  # its stages resume from what is there
     done = run_stages("anneal", anneal_stages(plan, seed=args.seed), plan.output_dir,
                       config=plan.source.data, force=args.force)
     print(f"report: {done['report']['report']}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..atomic import check_output
 from ..errors import DpoPluginsError
 from ..formats.pipeline import read_trl_rows
 from . import show_info_logs
@@ -62,6 +63,7 @@ def run(args) -> int:
     from dpo_plugins.evals.harness import EvalRequest, adapter_base, run_eval
 
     show_info_logs("eval")
+    check_output(args.report, folder=True, inputs=[args.data])  # before minutes of scoring, not after
     if args.ref is None and (base := adapter_base(args.model)) is not None:
         args.ref = base
         print(f"dpo eval: {args.model} is a PEFT adapter; its base model {base} is the reference", file=sys.stderr)

@@ -28,6 +28,6 @@ def run(args) -> int:
     from dpo_plugins.workflows.merge import load_merge_plan, merge_checked
 
     plan = load_merge_plan(args.config, output=args.output, replace=args.force)
-    merge_checked(plan, args.output, lambda note: print(f"  {note}"), replace=args.force, seed=args.seed)
+    merge_checked(plan, args.output, lambda note: print(f"  {note}"), seed=args.seed)
     print(f"merged {len(plan.parents)} models with {plan.method.name!r} into {args.output}")
     return 0

@@ -26,7 +26,7 @@ from typing import Iterator, Union
 
 import orjson
 
-from ..atomic import discard, publish, staging_folder
+from ..atomic import discard, mark, publish, staging_folder
 from ..errors import DpoPluginsError
 from ..records import Problem
 from . import exactjson
@@ -249,9 +249,14 @@ class RowWriter:
         finally:
             if shown:
                 datasets.enable_progress_bars()
+        mark(self._work / "out", "dpo convert")  # a later conversion may replace this folder
         return self._work / "out"
 
     def discard(self) -> None:
         """Remove the temporary output; the target path is left untouched."""
-        self._close()
-        discard(self._work)
+        try:
+            self._close()  # flushing may fail again (the disk that was full still is)
+        except OSError:
+            pass
+        finally:
+            discard(self._work)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
+from ..atomic import check_output
 from ..errors import DpoPluginsError
 from ..plugins import get_format, get_formats, registrations
 from ..records import ERROR, WARNING, PreferenceRecord, Problem, RecordError
 from ..specs import Format
-from .files import Item, RowWriter, read_rows
+from .files import Item, RowWriter, container_of, read_rows
 from .lint import Duplicates, check_record
 from .lossless import field_of, lost_fields, nesting_problem
 
@@ -215,6 +216,7 @@ def convert(src, dst, from_format=None, to_format=None, skip_invalid=False, bom=
     cannot hold is an error for its line; with ``lossy`` a warning, and the
     row is written without it.
     """
+    check_output(dst, folder=container_of(dst, for_output=True) == "datasets", inputs=[src])
     report = Report(str(src))
     formats = _formats()
     target = _named(formats, to_format) if to_format else None

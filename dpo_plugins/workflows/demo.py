@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List
 
-from dpo_plugins.atomic import fresh_marked_folder
+from dpo_plugins.atomic import claim_folder
 from dpo_plugins.errors import DpoPluginsError
 
 DATA = Path(__file__).parent.parent / "data" / "demo" / "hh-harmless-azure.jsonl"
-OUTPUT_MARKER = ".dpo-demo-output"
 
 
 @dataclass(frozen=True)
@@ -107,4 +106,4 @@ def _split(pairs: Path, output_dir: Path, train_count: int, heldout_count: int) 
 
 def fresh_output_dir(path: Path) -> Path:
     """An empty folder marked as the demo's: an earlier demo's results are replaced, nothing else is."""
-    return fresh_marked_folder(path, OUTPUT_MARKER, "dpo demo")
+    return claim_folder(path, "dpo demo", empty=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from dpo_plugins.atomic import check_output
 from dpo_plugins.errors import CheckFailed, ConfigError, DpoPluginsError, did_you_mean
 from dpo_plugins.plugins import get_merge_methods, records_from_each_plugin
 from dpo_plugins.specs import Checkpoint, CheckResult, MergeMethod
@@ -63,8 +64,14 @@ def plan_merge(source: YamlFile, data: Any, *, output: Optional[Path] = None, re
     """
     plan, problems = check_merge_section(source, data)
     problems = [text for _, text in sorted(problems, key=lambda item: item[0])]
-    if output is not None and Path(output).exists() and any(Path(output).iterdir()) and not replace:
-        problems.append(f"--output: {output} already exists and is not empty (remove it, or use --force)")
+    if output is not None:
+        try:
+            check_output(output, folder=True, force=replace,
+                         inputs=plan.parents.values() if plan else [source.path])
+            if not replace and Path(output).is_dir() and any(Path(output).iterdir()):  # even an earlier merge's
+                raise DpoPluginsError(f"{output} already exists and is not empty (remove it, or use --force)")
+        except DpoPluginsError as error:
+            problems.append(f"--output: {error}")
     if problems:
         raise ConfigError(problems)
     return plan
@@ -483,8 +490,7 @@ def results_as_json(results: List[Tuple[str, CheckResult]]) -> list:
     ]
 
 
-def merge_checked(plan: MergePlan, output: Path, say: Callable[[str], None], *, replace: bool = False,
-                  seed: Optional[int] = None) -> None:
+def merge_checked(plan: MergePlan, output: Path, say: Callable[[str], None], *, seed: Optional[int] = None) -> None:
     """``dpo merge``: merge into ``output``, then run every check, telling ``say`` what was done.
 
     Both stages run in a temporary folder that becomes ``output`` only when
@@ -493,7 +499,7 @@ def merge_checked(plan: MergePlan, output: Path, say: Callable[[str], None], *, 
     from dpo_plugins.atomic import atomic_directory
     from dpo_plugins.workflows.stages import Stage, run_stages
 
-    with atomic_directory(output, replace=replace) as building:
+    with atomic_directory(output, replace=True, command="dpo merge") as building:  # checked by plan_merge
 
         def merge(done):
             for note in merge_into(plan, building, seed=seed):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from dpo_plugins.adapters.distributed import world_size
+from dpo_plugins.atomic import check_output
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
 from dpo_plugins.workflows.config import load_yaml
 
@@ -261,4 +262,8 @@ def train(settings: Settings) -> Path:
     from dpo_plugins.adapters.training import run_training
     from dpo_plugins.formats.pipeline import read_trl_rows
 
+    options = settings.options
+    inputs = [path for path in (options.data, options.eval_data) if path]
+    # Checked before any work; run_training marks it when training starts (TRL writes checkpoints into it).
+    check_output(settings.dpo.output_dir, folder=True, inputs=inputs)
     return run_training(settings, read_trl_rows)
