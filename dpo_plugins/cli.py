@@ -18,7 +18,7 @@ from . import __version__
 from .errors import DpoPluginsError
 from .plugins import load_module, load_plugins
 
-COMMANDS = ("plugins", "convert", "validate", "train", "eval", "demo", "merge", "anneal")
+COMMANDS = ("plugins", "convert", "validate", "train", "eval", "winrate", "demo", "merge", "anneal")
 
 
 def build_parser() -> argparse.ArgumentParser:

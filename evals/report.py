@@ -1,4 +1,5 @@
-"""Write an eval's results: metrics.json, pairs.jsonl, generations.jsonl, report.md, PNG plots.
+"""Write an eval's results: metrics.json, pairs.jsonl, generations.jsonl, report.md, PNG plots,
+and with a judge AlpacaEval's model_outputs.json and annotations.json.
 
 Everything is rendered into a temporary directory next to the report
 directory first and moved into place only when complete, so a failure
@@ -29,7 +30,10 @@ def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Map
         _dump_json(staging / "metrics.json", metrics)
         _dump_jsonl(staging / "pairs.jsonl", pair_rows)
         if generation_rows:
+            from .annotations import export_judgments
+
             _dump_jsonl(staging / "generations.jsonl", generation_rows)
+            export_judgments(staging, generation_rows, metrics)  # model_outputs.json, annotations.json
         plots = []
         if pair_rows and metrics.get("n_pairs"):
             plots.append(_margin_histogram(staging / MARGIN_PLOT, pair_rows, metrics))
@@ -92,7 +96,7 @@ def _win_rate_bars(path: Path, metrics) -> Path:
     counts.set_ylabel("share of prompts")
     counts.set_title(f"policy vs baseline, {n} prompts, judge {metrics.get('judge')}")
     low, high = metrics["win_rate_ci"]
-    value = metrics["win_rate"]
+    value = (metrics["wins"] + metrics["ties"] / 2) / n  # the verdicts' rate, which the Wilson interval is about
     rate.bar(["win rate"], [value], yerr=[[value - low], [high - value]], capsize=8, color="#4c72b0")
     rate.axhline(0.5, color="black", linewidth=1, linestyle="--")
     rate.set_ylim(0, 1)
@@ -132,9 +136,11 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
                   "a win only when both orders agree.", "",
                   "| metric | value |", "|---|---|",
                   f"| wins / ties / losses | {metrics['wins']} / {metrics['ties']} / {metrics['losses']} |",
-                  f"| win rate (ties half) | {_pct(metrics['win_rate'])} |",
+                  f"| win rate (AlpacaEval: mean preference, ties half) | {_pct(metrics['win_rate'])} "
+                  f"± {_pct(metrics.get('standard_error'))} (s.e.) |",
+                  f"| discrete win rate (AlpacaEval) | {_pct(metrics.get('discrete_win_rate'))} |",
                   f"| 95% CI ({metrics['win_rate_ci_method']}) | {_pct(ci[0])} – {_pct(ci[1])} |",
-                  f"| length-controlled win rate | {_pct(metrics.get('lc_win_rate'))} |",
+                  f"| length-controlled win rate ({metrics.get('lc_method')}) | {_pct(metrics.get('lc_win_rate'))} |",
                   f"| judge position consistency | {_pct(metrics.get('position_consistency'))} |",
                   f"| mean length policy / baseline (chars) | {_num(metrics.get('avg_len_policy'), 1)} / "
                   f"{_num(metrics.get('avg_len_baseline'), 1)} |", "",

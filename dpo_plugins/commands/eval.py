@@ -85,7 +85,7 @@ def run(args) -> int:
     if not is_main_process():  # under accelerate launch one process reports
         return 0
     summary = {k: metrics.get(k) for k in ("n_pairs", "reward_accuracy", "reward_ties", "mean_margin", "win_rate",
-                                         "win_rate_ci", "lc_win_rate") if k in metrics}
+                                         "standard_error", "win_rate_ci", "lc_win_rate", "lc_method") if k in metrics}
     print(json.dumps(summary))
     print(f"report written to {args.report}", file=sys.stderr)
     return 0

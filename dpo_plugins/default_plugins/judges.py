@@ -1,7 +1,8 @@
 """Built-in win-rate judges, registered through ``register_judges`` like any plugin's.
 
 Each ``fn(prompts, outputs_a, outputs_b, **params)`` returns ``"a"``, ``"b"``
-or ``"tie"`` per prompt for ONE order of the outputs; the eval harness calls
+or ``"tie"`` (or the probability that ``a`` is better) per prompt for ONE
+order of the outputs; the eval harness calls
 it twice with the outputs swapped and counts a win only when both orders
 agree (MT-Bench), so position bias becomes ties instead of wins.
 
@@ -76,8 +77,13 @@ def _causal_lm(name_or_path: str):
     return model.eval(), tokenizer
 
 
-def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0, **params):
-    """Local LM judge: log P("A") vs log P("B") as the first answer token."""
+def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0, probability=False, **params):
+    """Local LM judge: log P("A") vs log P("B") as the first answer token.
+
+    With ``probability`` it returns P(A) / (P(A) + P(B)) instead of a
+    verdict: the judge's confidence, which the harness keeps as a continuous
+    AlpacaEval preference (as AlpacaEval's weighted annotators do).
+    """
     import torch
 
     judge_model, tokenizer = _causal_lm(str(model))
@@ -98,7 +104,11 @@ def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0,
         with torch.no_grad():
             logits = judge_model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         log_probs = torch.log_softmax(logits, dim=-1)
-        verdicts.append(_compare(log_probs[letters[0]].item(), log_probs[letters[1]].item(), float(tie_margin)))
+        log_a, log_b = log_probs[letters[0]].item(), log_probs[letters[1]].item()
+        if probability:
+            verdicts.append(torch.sigmoid(torch.tensor(log_a - log_b, dtype=torch.float64)).item())
+        else:
+            verdicts.append(_compare(log_a, log_b, float(tie_margin)))
     return verdicts
 
 
@@ -222,7 +232,7 @@ def regex(prompts, outputs_a, outputs_b, pattern=None, references=None, **params
 
 @hookimpl
 def register_judges():
-    yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "tie_margin": 0.0},
+    yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "tie_margin": 0.0, "probability": False},
                 description="local causal LM: log P('A') vs log P('B') under PAIRWISE_TEMPLATE")
     yield Judge(name="reward-model", fn=reward_model, params={"model": None, "tie_margin": 0.0},
                 description="sequence-classification reward model; the higher score wins")
