@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -127,10 +128,17 @@ def _reward_model(name_or_path: str):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def reward_model(prompts, outputs_a, outputs_b, model=None, tie_margin=0.0, **params):
-    """Score prompt + output with a one-output sequence classifier; the higher score wins."""
+def reward_model(prompts, outputs_a, outputs_b, model=None, tie_margin=0.0, probability=False, **params):
+    """Score prompt + output with a one-output sequence classifier; the higher score wins.
+
+    With ``probability`` it returns sigmoid(score_a - score_b), the
+    Bradley-Terry probability that a is better, as a continuous preference.
+    """
     scores = [_reward_scores(str(_need({"model": model}, "model", "reward-model")), prompts, outputs)
               for outputs in (outputs_a, outputs_b)]
+    if probability:
+        return [1 / (1 + math.exp(-(a - b))) if a - b >= 0 else math.exp(a - b) / (1 + math.exp(a - b))
+                for a, b in zip(*scores)]
     return [_compare(a, b, float(tie_margin)) for a, b in zip(*scores)]
 
 
@@ -234,7 +242,7 @@ def regex(prompts, outputs_a, outputs_b, pattern=None, references=None, **params
 def register_judges():
     yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "tie_margin": 0.0, "probability": False},
                 description="local causal LM: log P('A') vs log P('B') under PAIRWISE_TEMPLATE")
-    yield Judge(name="reward-model", fn=reward_model, params={"model": None, "tie_margin": 0.0},
+    yield Judge(name="reward-model", fn=reward_model, params={"model": None, "tie_margin": 0.0, "probability": False},
                 description="sequence-classification reward model; the higher score wins")
     yield Judge(name="openai-compatible", fn=openai_compatible,
                 params={"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY",
