@@ -56,7 +56,8 @@ def tokenizer_for_transformers_4(source: Path) -> str:
     return str(target)
 
 
-if __name__ == "__main__":
+def stand_ins():
+    """reward-bench's rewardbench/utils.py and rewardbench/dpo.py, loaded from their files."""
     package = Path(importlib.util.find_spec("rewardbench").submodule_search_locations[0])
     for name, attributes in {"datasets": ["Dataset", "DatasetDict", "Value", "concatenate_datasets", "load_dataset",
                                           "load_from_disk"],
@@ -66,8 +67,11 @@ if __name__ == "__main__":
         for attribute in attributes:
             setattr(stand_in, attribute, None)
         sys.modules[name] = stand_in
-    utils = load("rewardbench_utils", package / "utils.py")
-    dpo = load("rewardbench_dpo", package / "dpo.py")
+    return load("rewardbench_utils", package / "utils.py"), load("rewardbench_dpo", package / "dpo.py")
+
+
+if __name__ == "__main__":
+    utils, dpo = stand_ins()
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_for_transformers_4(Path(sys.argv[1])))
     tokenizer.pad_token = tokenizer.eos_token  # scripts/run_dpo.py
