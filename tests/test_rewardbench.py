@@ -20,6 +20,7 @@ from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.evals.reward_accuracy import accuracy_by_subset, score_pairs
 from dpo_plugins.formats.rewardbench import subsets_of
 from dpo_plugins.records import read_trl_rows
+from test_eval_cli import models  # noqa: F401  (the tiny policy and reference checkpoints)
 
 DATA = Path(__file__).parent / "data" / "rewardbench"
 ROWS = DATA / "rows.jsonl"
@@ -101,14 +102,10 @@ def test_reference_free_modes_equal_reward_benchs_on_its_ids(tokenizer, reductio
         assert scores == pytest.approx(theirs, abs=1e-6), side
 
 
-def test_dpo_eval_rewardbench_per_pair_and_per_subset(tokenizer, tmp_path, capsys):
+def test_dpo_eval_rewardbench_per_pair_and_per_subset(models, tmp_path, capsys):  # noqa: F811
     import torch
 
-    paths = {}
-    for name, seed in (("policy", 1), ("ref", 0)):
-        paths[name] = tmp_path / name
-        build_tiny_model(tokenizer, seed=seed).save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
+    paths = models
     report = tmp_path / "report"
     assert main(["eval", "--model", str(paths["policy"]), "--ref", str(paths["ref"]), "--data", str(ROWS),
                  "--tokenization", "rewardbench", "--report", str(report), "--batch-size", "1", "--no-progress"]) == 0
