@@ -51,6 +51,7 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     from .reward_accuracy import (SelfReferenceError, accuracy_by_subset, check_not_self_reference, reward_metrics,
                                   score_pairs)
     from .report import write_report
+    from .rewardbench_sections import section_scores
 
     if request.reward_mode == "dpo" and request.ref is None:
         raise DpoPluginsError("reward mode 'dpo' needs --ref (the model the policy was trained from)")
@@ -107,6 +108,9 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
         for row in pair_rows:
             row["subset"] = request.subsets[row["row"]]
         metrics["subsets"] = accuracy_by_subset([r["correct"] for r in pair_rows], [r["subset"] for r in pair_rows])
+        sections = section_scores({k: v["reward_accuracy"] for k, v in metrics["subsets"].items()})
+        if sections is not None:
+            metrics["rewardbench_sections"] = sections
     generation_rows = []
     if request.judge:
         win_metrics, generation_rows = _win_rate(request, policy, tokenizer, reference, load_model_and_tokenizer)

@@ -18,6 +18,7 @@ from dpo_plugins.adapters.rewardbench import tokenize_pair_rewardbench
 from dpo_plugins.cli import main
 from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.evals.reward_accuracy import accuracy_by_subset, score_pairs
+from dpo_plugins.evals.rewardbench_sections import section_scores
 from dpo_plugins.formats.rewardbench import subsets_of
 from dpo_plugins.records import read_trl_rows
 from test_eval_cli import models  # noqa: F401  (the tiny policy and reference checkpoints)
@@ -126,6 +127,16 @@ def test_dpo_eval_rewardbench_per_pair_and_per_subset(models, tmp_path, capsys):
     assert [pair["subset"] for pair in pairs] == subsets
     assert metrics["subsets"] == accuracy_by_subset([pair["correct"] for pair in pairs], subsets)
     assert metrics["subsets"]["anthropic_harmless"]["n_pairs"] == 2
+    accuracy = {k: v["reward_accuracy"] for k, v in metrics["subsets"].items()}
+    assert metrics["rewardbench_sections"] == section_scores(accuracy)
+
+
+def test_section_scores_weight_subsets_by_reward_benchs_counts():
+    scores = section_scores({"alpacaeval-easy": 1.0, "refusals-dangerous": 1.0, "xstest-should-respond": 0.0,
+                             "math-prm": 0.5, "hep-go": 1.0, "anthropic_harmless": 0.25})
+    assert scores == {"Chat": 1.0, "Chat Hard": None, "Safety": pytest.approx(100 / 350),
+                      "Reasoning": pytest.approx((0.5 * 984 + 164) / (984 + 164))}
+    assert section_scores({"anthropic_harmless": 0.5}) is None  # pref-test-sets have no sections
 
 
 def test_accuracy_by_subset_is_correct_over_total():
