@@ -128,7 +128,13 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
               f"| reward accuracy | {_pct(metrics.get('reward_accuracy'))} |",
               f"| ties | {metrics.get('reward_ties')} |",
               f"| mean margin | {_num(metrics.get('mean_margin'))} |",
-              f"| pairs dropped (prompt fills max_length, as TRL) | {metrics.get('n_dropped', 0)} |", ""]
+              f"| pairs dropped (prompt fills max_length, as TRL) | {metrics.get('n_dropped', 0)} |",
+              f"| tokenization | {metrics.get('tokenization', 'trl')} |", ""]
+    if metrics.get("subsets"):
+        lines += ["| subset | pairs | reward accuracy |", "|---|---|---|"]
+        lines += [f"| {name} | {v['n_pairs']} | {_pct(v['reward_accuracy'])} |" for name, v in metrics["subsets"].items()]
+        lines += [f"| RewardBench section {name} | | {_pct(value)} |"
+                  for name, value in (metrics.get("rewardbench_sections") or {}).items()] + [""]
     if metrics.get("win_rate") is not None:
         ci = metrics["win_rate_ci"]
         lines += ["## Win rate", "",

@@ -189,6 +189,14 @@ def test_winrate_command_json_contract(capsys):
     assert printed["lc_method"] == MINIMAL and printed["lc_win_rate"] is not None
 
 
+def test_winrate_command_prints_a_table_without_json(capsys):
+    assert main(["winrate", str(FIXTURE)]) == 0
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    theirs = get_winrate(annotations())
+    assert lines["win_rate"] == f"{theirs['win_rate']:.2f}%" and lines["n_null"] == "1"
+    assert lines["lc_method"] == MINIMAL
+
+
 def test_winrate_command_with_the_gamed_table(tmp_path, capsys, monkeypatch):
     rows = random_annotations(7)
     path = tmp_path / "annotations.json"

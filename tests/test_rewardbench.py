@@ -129,6 +129,7 @@ def test_dpo_eval_rewardbench_per_pair_and_per_subset(models, tmp_path, capsys):
     assert metrics["subsets"]["anthropic_harmless"]["n_pairs"] == 2
     accuracy = {k: v["reward_accuracy"] for k, v in metrics["subsets"].items()}
     assert metrics["rewardbench_sections"] == section_scores(accuracy)
+    assert "| tokenization | rewardbench |" in (report / "report.md").read_text()
 
 
 def test_section_scores_weight_subsets_by_reward_benchs_counts():
