@@ -21,8 +21,6 @@ from dpo_plugins.errors import DpoPluginsError
 from .logps import PairLogps, pair_logps
 
 MODES = ("dpo", "ref-free-sum", "ref-free-mean", "ref-free-norm")
-# RewardBench's names for the reference-free modes (scripts/run_dpo.py --ref_free_type)
-REWARDBENCH_REF_FREE = {"sum": "ref-free-sum", "avg": "ref-free-mean", "norm": "ref-free-norm"}
 
 
 class SelfReferenceError(DpoPluginsError):
