@@ -7,6 +7,8 @@ import json
 import pytest
 
 from dpo_plugins.cli import main
+from dpo_plugins.hookspecs import hookimpl
+from dpo_plugins.specs import Judge
 from dpo_plugins.evals.preferences import head_to_head
 from test_eval_cli import ROWS, data, models  # noqa: F401  (fixtures)
 
@@ -48,3 +50,26 @@ def test_probability_judge_gives_continuous_preferences_everywhere(models, data,
         assert main(["winrate", str(report / judgments), "--json"]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed["win_rate"] == metrics["win_rate"] and printed["n_total"] == 3
+
+
+class ProbabilityJudges:
+    """A plugin judge that is 80% sure the output "x" is better, and two that break the contract."""
+
+    @hookimpl
+    def register_judges(self):
+        yield Judge(name="confident", fn=lambda prompts, a, b, **params: [0.8 if x == "x" else 0.3 for x in a])
+        yield Judge(name="out-of-range", fn=lambda prompts, a, b, **params: [1.5] * len(prompts))
+        yield Judge(name="boolean", fn=lambda prompts, a, b, **params: [True] * len(prompts))
+
+
+def test_plugin_probabilities_become_preferences_and_bad_ones_are_refused(registered):
+    from dpo_plugins.errors import PluginError
+    from dpo_plugins.evals.winrate import judge_both_orders
+
+    registered(ProbabilityJudges(), "probability-judges")
+    metrics, rows = judge_both_orders("confident", ["p1", "p2"], ["x", "x"], ["y", "y"])
+    assert [row["preference"] for row in rows] == [pytest.approx(1 + (0.8 + 1 - 0.3) / 2)] * 2
+    assert metrics["win_rate"] == pytest.approx(0.75) and metrics["wins"] == 2 and metrics["n_wins"] == 2
+    for name in ("out-of-range", "boolean"):
+        with pytest.raises(PluginError, match=f"judge '{name}' .*a probability in \\[0, 1\\]"):
+            judge_both_orders(name, ["p1"], ["x"], ["y"])
