@@ -27,7 +27,7 @@ from . import __version__
 from .errors import DpoPluginsError, Terminated
 from .plugins import load_module, load_plugins, plugin_of_file
 
-COMMANDS = ("plugins", "convert", "validate", "train", "eval", "demo", "merge", "anneal")
+COMMANDS = ("plugins", "convert", "validate", "train", "eval", "winrate", "demo", "merge", "anneal")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,7 +79,8 @@ def register_judges() -> Iterable[Judge]:
 
     A :class:`~dpo_plugins.specs.Judge` wraps ``fn(prompts, outputs_a,
     outputs_b, **params)``, which returns one verdict per prompt: ``"a"``,
-    ``"b"`` or ``"tie"``::
+    ``"b"`` or ``"tie"``, or the probability (a float in [0, 1]) that ``a``
+    is better, kept as a continuous AlpacaEval preference::
 
         @hookimpl
         def register_judges():

@@ -127,8 +127,9 @@ class MergeMethod:
 class Judge:
     """A win-rate judge: ``fn(prompts, outputs_a, outputs_b, **params)``.
 
-    Returns one verdict per prompt: ``"a"``, ``"b"`` or ``"tie"``. The eval
-    harness handles order swapping, statistics and reports.
+    Returns one verdict per prompt: ``"a"``, ``"b"`` or ``"tie"``, or the
+    probability in [0, 1] that ``a`` is better. The eval harness handles
+    order swapping, statistics and reports.
     """
 
     kind: ClassVar[str] = "judge"

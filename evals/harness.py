@@ -27,6 +27,8 @@ class EvalRequest:
     allow_self_reference: bool = False
     max_length: int | None = 1024
     truncation_mode: str = "keep_start"
+    tokenization: str = "trl"
+    subsets: Sequence[str] | None = None
     batch_size: int = 8
     forward: str = "packed"
     ref_cache: bool = True
@@ -46,8 +48,11 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     from dpo_plugins.adapters.tokenization import explicit_prompt, prompt_dropped, tokenize_pair
 
     from dpo_plugins.adapters.distributed import is_main_process, process_info, wait_for_everyone
-    from .reward_accuracy import SelfReferenceError, check_not_self_reference, reward_metrics, score_pairs
+    from dpo_plugins.errors import SelfReferenceError
+
+    from .reward_accuracy import accuracy_by_subset, check_not_self_reference, reward_metrics, score_pairs
     from .report import write_report
+    from .rewardbench_sections import section_scores
 
     if request.reward_mode == "dpo" and request.ref is None:
         raise DpoPluginsError("reward mode 'dpo' needs --ref (the model the policy was trained from)")
@@ -63,12 +68,27 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     if request.reward_mode == "dpo":
         reference, _ = load_model_and_tokenizer(request.ref)
         reference.eval()
-    pairs, kept = [], []
-    for index, row in enumerate(request.rows):
-        pair = tokenize_pair(row, tokenizer)
-        if not prompt_dropped(pair, request.max_length, request.truncation_mode):
-            pairs.append(pair)
-            kept.append(index)
+    if request.tokenization == "rewardbench":  # its own truncation happens while tokenizing; it drops nothing
+        from dpo_plugins.adapters.rewardbench_tokenization import tokenize_pair_rewardbench
+
+        request.max_length = None
+        pairs, kept, problems = [], list(range(len(request.rows))), []
+        for index, row in enumerate(request.rows):
+            try:
+                pairs.append(tokenize_pair_rewardbench(row, tokenizer))
+            except DpoPluginsError as error:
+                problems.append(f"{request.data}: row {index + 1}: {error}")
+        if problems:
+            raise DpoPluginsError("\n".join(problems))
+    elif request.tokenization != "trl":
+        raise DpoPluginsError(f"tokenization {request.tokenization!r}: expected trl or rewardbench")
+    else:
+        pairs, kept = [], []
+        for index, row in enumerate(request.rows):
+            pair = tokenize_pair(row, tokenizer)
+            if not prompt_dropped(pair, request.max_length, request.truncation_mode):
+                pairs.append(pair)
+                kept.append(index)
     reference_logps = None
     if reference is not None and request.ref_cache and request.forward == "packed":
         check_not_self_reference(policy, reference, request.allow_self_reference)  # before the reference's pass
@@ -82,9 +102,16 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
         "n_dropped": len(request.rows) - len(pairs), "reward_mode": request.reward_mode,
         "model": str(request.model), "ref": request.ref, "data": request.data,
         "max_length": request.max_length, "truncation_mode": request.truncation_mode,
-        "processes": process_info()[1],
+        "tokenization": request.tokenization, "processes": process_info()[1],
     })
     pair_rows = [{"row": kept[i], **row} for i, row in enumerate(scores.rows())]
+    if request.subsets is not None:
+        for row in pair_rows:
+            row["subset"] = request.subsets[row["row"]]
+        metrics["subsets"] = accuracy_by_subset([r["correct"] for r in pair_rows], [r["subset"] for r in pair_rows])
+        sections = section_scores({k: v["reward_accuracy"] for k, v in metrics["subsets"].items()})
+        if sections is not None:
+            metrics["rewardbench_sections"] = sections
     generation_rows = []
     if request.judge:
         win_metrics, generation_rows = _win_rate(request, policy, tokenizer, reference, load_model_and_tokenizer)

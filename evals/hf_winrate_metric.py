@@ -24,7 +24,8 @@ Args:
     verdicts_baseline_first (list of str): the same prompts with the baseline as A.
     policy_lengths, baseline_lengths (list of int): output lengths (characters) for length control.
 Returns:
-    wins, losses, ties, win_rate, win_rate_ci, win_rate_ci_method, lc_win_rate, lc_win_rate_note,
+    wins, losses, ties, win_rate, win_rate_ci, win_rate_ci_method, AlpacaEval's n_total, n_wins, n_wins_base,
+    n_draws, n_null, standard_error, discrete_win_rate, lc_win_rate, lc_standard_error, lc_method, lc_win_rate_note,
     position_consistency, avg_len_policy, avg_len_baseline (None instead of NaN).
 """
 

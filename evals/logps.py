@@ -28,6 +28,7 @@ from dpo_plugins.adapters.distributed import is_main_process, local_share, map_s
 
 logger = logging.getLogger("dpo_plugins.eval")
 FORWARDS = ("packed", "plain")
+TOKEN_REDUCTIONS = ("sum", "neg_l2_norm")
 
 
 def pair_logps(
@@ -39,6 +40,7 @@ def pair_logps(
     progress: bool = False,
     desc: str = "log-probs",
     forward: str = "packed",
+    token_reduce: str = "sum",
 ) -> PairLogps:
     """Completion log-prob sums of every tokenized pair under ``model``.
 
@@ -47,10 +49,16 @@ def pair_logps(
     come back in input order. ``batch_size`` is pairs per batch (``packed``)
     or sequences per batch (``plain``); it changes memory, not results. The
     model runs in whatever dtype it was loaded in (float32 on CPU).
+    ``token_reduce="neg_l2_norm"`` (plain forward only) gives ``-||log-probs||_2``
+    over the completion tokens instead of their sum: RewardBench's ref-free ``norm``.
     """
     check_truncation_mode(truncation_mode)
     if forward not in FORWARDS:
         raise DpoPluginsError(f"forward {forward!r}: expected one of {', '.join(FORWARDS)}")
+    if token_reduce not in TOKEN_REDUCTIONS:
+        raise DpoPluginsError(f"token_reduce {token_reduce!r}: expected one of {', '.join(TOKEN_REDUCTIONS)}")
+    if token_reduce != "sum":
+        return _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc, token_reduce)
     if forward == "packed":
         from dpo_plugins.adapters.packing import unsupported_reason
 
@@ -79,7 +87,7 @@ def _packed_logps(model, pairs, max_length, truncation_mode, batch_size, progres
     return PairLogps(*(torch.cat([getattr(r, f.name) for r in results]) for f in dataclasses.fields(PairLogps)))
 
 
-def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:
+def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc, token_reduce="sum") -> PairLogps:
     import torch
 
     rows = []
@@ -91,7 +99,8 @@ def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress
     lengths = torch.zeros(len(rows), dtype=torch.float32)
     device = next(model.parameters()).device
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    results = _map_batches(batches, lambda batch: _row_logps(model, [rows[i] for i in batch], device).cpu(), progress, desc)
+    results = _map_batches(batches, lambda batch: _row_logps(model, [rows[i] for i in batch], device, token_reduce).cpu(),
+                           progress, desc)
     for batch, batch_sums in zip(batches, results):
         sums[batch] = batch_sums
         lengths[batch] = torch.tensor([float(sum(rows[i][1])) for i in batch])
@@ -116,7 +125,7 @@ def _map_batches(batches, work, progress, desc) -> list:
     return results
 
 
-def _row_logps(model, rows, device):
+def _row_logps(model, rows, device, token_reduce="sum"):
     """Sum of log p(token) over completion tokens of right-padded rows.
 
     Token ``t`` is predicted from position ``t - 1``, so a completion token in
@@ -142,5 +151,6 @@ def _row_logps(model, rows, device):
     for row in range(len(rows)):  # float64, one row at a time to bound memory
         row_logits = logits[row, :-1].double()
         token_logps = row_logits.gather(-1, targets[row].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row_logits, dim=-1)
-        sums.append((token_logps * scored[row]).sum())
+        masked = token_logps * scored[row]
+        sums.append(masked.sum() if token_reduce == "sum" else -torch.linalg.vector_norm(masked))
     return torch.stack(sums)

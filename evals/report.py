@@ -1,4 +1,5 @@
-"""Write an eval's results: metrics.json, pairs.jsonl, generations.jsonl, report.md, PNG plots.
+"""Write an eval's results: metrics.json, pairs.jsonl, generations.jsonl, report.md, PNG plots,
+and with a judge AlpacaEval's model_outputs.json and annotations.json.
 
 Everything is rendered into a temporary directory next to the report
 directory first and moved into place only when complete, so a failure
@@ -28,7 +29,10 @@ def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Map
         _dump_json(staging / "metrics.json", metrics)
         _dump_jsonl(staging / "pairs.jsonl", pair_rows)
         if generation_rows:
+            from .annotations import export_judgments
+
             _dump_jsonl(staging / "generations.jsonl", generation_rows)
+            export_judgments(staging, generation_rows, metrics)  # model_outputs.json, annotations.json
         plots = []
         if pair_rows and metrics.get("n_pairs"):
             plots.append(_margin_histogram(staging / MARGIN_PLOT, pair_rows, metrics))
@@ -101,7 +105,7 @@ def _win_rate_bars(path: Path, metrics) -> Path:
     counts.set_ylabel("share of prompts")
     counts.set_title(f"policy vs baseline, {n} prompts, judge {metrics.get('judge')}")
     low, high = metrics["win_rate_ci"]
-    value = metrics["win_rate"]
+    value = (metrics["wins"] + metrics["ties"] / 2) / n  # the verdicts' rate, which the Wilson interval is about
     rate.bar(["win rate"], [value], yerr=[[value - low], [high - value]], capsize=8, color="#4c72b0")
     rate.axhline(0.5, color="black", linewidth=1, linestyle="--")
     rate.set_ylim(0, 1)
@@ -133,7 +137,13 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
               f"| reward accuracy | {percent(metrics.get('reward_accuracy'))} |",
               f"| ties | {metrics.get('reward_ties')} |",
               f"| mean margin | {_num(metrics.get('mean_margin'))} |",
-              f"| pairs dropped (prompt fills max_length, as TRL) | {metrics.get('n_dropped', 0)} |", ""]
+              f"| pairs dropped (prompt fills max_length, as TRL) | {metrics.get('n_dropped', 0)} |",
+              f"| tokenization | {metrics.get('tokenization', 'trl')} |", ""]
+    if metrics.get("subsets"):
+        lines += ["| subset | pairs | reward accuracy |", "|---|---|---|"]
+        lines += [f"| {name} | {v['n_pairs']} | {percent(v['reward_accuracy'])} |" for name, v in metrics["subsets"].items()]
+        lines += [f"| RewardBench section {name} | | {percent(value)} |"
+                  for name, value in (metrics.get("rewardbench_sections") or {}).items()] + [""]
     if metrics.get("win_rate") is not None:
         ci = metrics["win_rate_ci"]
         lines += ["## Win rate", "",
@@ -141,9 +151,11 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
                   "a win only when both orders agree.", "",
                   "| metric | value |", "|---|---|",
                   f"| wins / ties / losses | {metrics['wins']} / {metrics['ties']} / {metrics['losses']} |",
-                  f"| win rate (ties half) | {percent(metrics['win_rate'])} |",
+                  f"| win rate (AlpacaEval: mean preference, ties half) | {percent(metrics['win_rate'])} "
+                  f"± {percent(metrics.get('standard_error'))} (s.e.) |",
+                  f"| discrete win rate (AlpacaEval) | {percent(metrics.get('discrete_win_rate'))} |",
                   f"| 95% CI ({metrics['win_rate_ci_method']}) | {percent(ci[0])} – {percent(ci[1])} |",
-                  f"| length-controlled win rate | {percent(metrics.get('lc_win_rate'))} |",
+                  f"| length-controlled win rate ({metrics.get('lc_method')}) | {percent(metrics.get('lc_win_rate'))} |",
                   f"| judge position consistency | {percent(metrics.get('position_consistency'))} |",
                   f"| mean length policy / baseline (chars) | {_num(metrics.get('avg_len_policy'), 1)} / "
                   f"{_num(metrics.get('avg_len_baseline'), 1)} |", "",

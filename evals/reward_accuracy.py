@@ -4,8 +4,10 @@ The implicit DPO reward of a completion is ``sum log pi_policy - sum log
 pi_ref`` over its completion tokens (beta only rescales it, so rankings do not
 depend on it). A pair is correct only when the chosen reward is strictly
 greater than the rejected one: ties count as wrong. Reference-free modes
-score with the policy alone: the summed log-prob (``ref-free-sum``) or its
-mean per completion token (``ref-free-mean``).
+score with the policy alone: the summed log-prob (``ref-free-sum``), its
+mean per completion token (``ref-free-mean``) or minus the L2 norm of the
+per-token log-probs (``ref-free-norm``): RewardBench's ``sum``, ``avg`` and
+``norm``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dpo_plugins.errors import DpoPluginsError, SelfReferenceError
 
 from .logps import PairLogps, pair_logps
 
-MODES = ("dpo", "ref-free-sum", "ref-free-mean")
+MODES = ("dpo", "ref-free-sum", "ref-free-mean", "ref-free-norm")
 
 
 @dataclass
@@ -92,6 +94,16 @@ def reward_metrics(chosen_scores: Sequence, rejected_scores: Sequence) -> dict:
     }
 
 
+def accuracy_by_subset(correct: Sequence[bool], subsets: Sequence[str]) -> dict:
+    """``{subset: {"n_pairs", "reward_accuracy"}}``: RewardBench's per-subset accuracy (correct / total)."""
+    found: dict = {}
+    for ok, subset in zip(correct, subsets):
+        counts = found.setdefault(subset, [0, 0])
+        counts[0] += bool(ok)
+        counts[1] += 1
+    return {subset: {"n_pairs": total, "reward_accuracy": right / total} for subset, (right, total) in sorted(found.items())}
+
+
 def check_not_self_reference(policy, reference, allow: bool = False) -> None:
     """Refuse a reference that is the policy itself or has identical weights.
 
@@ -143,6 +155,8 @@ def score_pairs(
     if mode != "dpo" and reference is not None:
         raise DpoPluginsError(f"reward mode {mode!r} is reference-free; do not give a reference model")
     check_not_self_reference(policy, reference, allow_self_reference)
+    if mode == "ref-free-norm":  # needs every token's log-prob, which only the plain forward keeps
+        logps_kwargs = {**logps_kwargs, "forward": "plain", "token_reduce": "neg_l2_norm"}
     policy_logps = logps_fn(policy, pairs, desc="policy log-probs", **logps_kwargs)
     scores = _scores_from(policy_logps, mode)
     if mode == "dpo":
@@ -160,12 +174,13 @@ def _scores_from(logps: PairLogps, mode: str) -> PairScores:
     chosen, rejected = logps.chosen, logps.rejected
     if mode == "ref-free-mean":  # 0 tokens -> NaN -> None: undefined, counted wrong
         chosen, rejected = chosen / logps.chosen_lengths, rejected / logps.rejected_lengths
+    sums = mode != "ref-free-norm"  # in that mode the forward returned norms, not log-prob sums
     return PairScores(
         mode=mode,
         chosen_scores=_floats(chosen),
         rejected_scores=_floats(rejected),
-        chosen_logps=_floats(logps.chosen),
-        rejected_logps=_floats(logps.rejected),
+        chosen_logps=_floats(logps.chosen) if sums else [None] * len(chosen),
+        rejected_logps=_floats(logps.rejected) if sums else [None] * len(rejected),
         chosen_lengths=_floats(logps.chosen_lengths),
         rejected_lengths=_floats(logps.rejected_lengths),
     )

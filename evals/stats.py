@@ -1,7 +1,10 @@
-"""Win-rate statistics: counts, a Wilson 95% interval, length control, judge consistency.
+"""Win-rate statistics: counts, a Wilson 95% interval, judge consistency, and AlpacaEval's numbers.
 
 Every function takes plain Python lists and returns plain floats or
-``None`` (never NaN), so results go straight into ``metrics.json``.
+``None`` (never NaN), so results go straight into ``metrics.json``. The
+AlpacaEval numbers (win rate and its standard error from preferences,
+discrete win rate, length control) come from :mod:`.preferences` and
+:mod:`.length_control`, which equal AlpacaEval's own functions.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from typing import Sequence
 
 OUTCOMES = ("win", "loss", "tie")
 Z_95 = 1.959963984540054
-LC_MIN_PAIRS = 20
 
 
 def outcome_counts(outcomes: Sequence[str]) -> dict:
@@ -44,85 +46,6 @@ def wilson_interval(wins: int, losses: int, ties: int, z: float = Z_95) -> list 
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def preference(outcome: str) -> float:
-    """AlpacaEval's preference for the policy: 1 win, 0.5 tie, 0 loss."""
-    return {"win": 1.0, "tie": 0.5, "loss": 0.0}[outcome]
-
-
-def length_controlled_win_rate(
-    outcomes: Sequence[str], policy_lengths: Sequence[float], baseline_lengths: Sequence[float],
-    min_pairs: int = LC_MIN_PAIRS,
-) -> tuple[float | None, str]:
-    """AlpacaEval 2's length-controlled win rate and a note on how it was obtained.
-
-    Fits ``P(policy preferred) = sigmoid(theta_0 + theta_1 * tanh(d / std(d)))``
-    with ``d`` the length difference (AlpacaEval's ``std_delta_len``; its
-    sign does not matter), by maximum likelihood on soft labels (ties are
-    0.5), and predicts it at ``d = 0``: ``sigmoid(theta_0)``. AlpacaEval also
-    has an instruction-difficulty term fitted on its 805 fixed instructions
-    and an L1 penalty tuned by cross-validation; neither exists for your own
-    prompts, so this is its GLM without them. Returns ``(None, reason)`` when
-    the fit is meaningless: too few pairs, no variation in length
-    difference, or a diverging fit (outcomes separated by length, or
-    length differences too alike to extrapolate from). The note says when
-    equal length lies outside the observed differences (an extrapolation).
-    """
-    n = len(outcomes)
-    if n < min_pairs:
-        return None, f"not computed: {n} pairs, fewer than {min_pairs} make a length regression meaningless"
-    deltas = [float(p) - float(b) for p, b in zip(policy_lengths, baseline_lengths)]
-    mean = sum(deltas) / n
-    std = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n - 1))
-    if std == 0:
-        return None, "not computed: every pair has the same length difference, so length cannot be separated out"
-    features = [math.tanh(d / std) for d in deltas]
-    labels = [preference(o) for o in outcomes]
-    theta = _fit_logistic(features, labels)
-    if theta is None:
-        return None, ("not computed: the logistic fit diverges (outcomes separated by length, or length "
-                      "differences too alike to extrapolate to equal lengths)")
-    note = (f"logistic GLM on tanh(length difference / std), {n} pairs, "
-            f"theta_0={theta[0]:.4f}, theta_length={theta[1]:.4f}, predicted at equal lengths")
-    if min(deltas) > 0 or max(deltas) < 0:
-        side = "longer" if min(deltas) > 0 else "shorter"
-        note += f"; extrapolated: every policy output is {side} than the baseline's"
-    return _sigmoid(theta[0]), note
-
-
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
-
-
-def _fit_logistic(features, labels, iterations: int = 100, bound: float = 30.0):
-    """Newton's method for a two-parameter logistic regression with soft labels.
-
-    Returns ``(theta_0, theta_1)``, or ``None`` if the likelihood has no
-    finite maximum (a coefficient runs past ``bound``, i.e. odds of e^30).
-    """
-    t0 = t1 = 0.0
-    for _ in range(iterations):
-        g0 = g1 = h00 = h01 = h11 = 0.0
-        for x, y in zip(features, labels):
-            p = _sigmoid(t0 + t1 * x)
-            w = p * (1 - p)
-            g0 += y - p
-            g1 += (y - p) * x
-            h00 += w
-            h01 += w * x
-            h11 += w * x * x
-        det = h00 * h11 - h01 * h01
-        if det <= 1e-12:
-            return None
-        step0 = (h11 * g0 - h01 * g1) / det
-        step1 = (h00 * g1 - h01 * g0) / det
-        t0, t1 = t0 + step0, t1 + step1
-        if abs(t0) > bound or abs(t1) > bound:
-            return None
-        if abs(step0) < 1e-12 and abs(step1) < 1e-12:
-            return t0, t1
-    return None
-
-
 def position_consistency(first_order: Sequence[str], swapped_order: Sequence[str]) -> float | None:
     """Share of prompts whose verdict survives swapping the two outputs.
 
@@ -149,20 +72,68 @@ def combine_orders(first_order: Sequence[str], swapped_order: Sequence[str]) -> 
     return outcomes
 
 
+def alpaca_eval_metrics(preferences: Sequence[float | None], model_lengths: Sequence[int],
+                        baseline_lengths: Sequence[int], table=None, same_generator: bool = False) -> dict:
+    """AlpacaEval's head-to-head numbers and a length-controlled win rate for AlpacaEval preferences.
+
+    ``lc_method`` names the GLM (AlpacaEval 2's ``length_controlled_v1`` only
+    with a ``df_gamed.csv`` ``table``; see :mod:`.length_control`).
+    """
+    from .length_control import length_controlled
+    from .preferences import head_to_head
+
+    lc = length_controlled(preferences, model_lengths, baseline_lengths, table, same_generator)
+    return {**head_to_head(preferences), "lc_win_rate": lc.value, "lc_standard_error": lc.standard_error,
+            "lc_method": lc.method, "lc_win_rate_note": lc.note}
+
+
+def combined_preferences(first_order: Sequence, swapped_order: Sequence) -> list[float]:
+    """The policy's AlpacaEval preference per prompt from the two orders' judgments.
+
+    Verdicts (``a`` / ``b`` / ``tie``) combine by MT-Bench's rule (a win only
+    when both orders agree: 2, a loss 1, anything else 1.5). Probabilities
+    (a judge's ``P(a better)``) average over the orders: ``1 + (p_first +
+    1 - p_swapped) / 2``, so a position bias cancels instead of counting.
+    """
+    from .preferences import policy_preference
+
+    out = []
+    for x, y in zip(first_order, swapped_order):
+        if isinstance(x, str) or isinstance(y, str):
+            out.append(policy_preference(combine_orders([as_verdict(x)], [as_verdict(y)])[0]))
+        else:
+            out.append(1 + (float(x) + 1 - float(y)) / 2)
+    return out
+
+
+def as_verdict(judgment) -> str:
+    """A verdict, or a probability ``P(a better)`` read as one (exactly 0.5 is a tie)."""
+    if isinstance(judgment, str):
+        return judgment
+    return "a" if judgment > 0.5 else "b" if judgment < 0.5 else "tie"
+
+
 def win_rate_metrics(first_order, swapped_order, policy_lengths, baseline_lengths) -> dict:
-    """Every win-rate number for ``metrics.json`` from the two orders' verdicts."""
-    outcomes = combine_orders(first_order, swapped_order)
+    """Every win-rate number for ``metrics.json`` from the two orders' judgments.
+
+    Judgments are verdicts or probabilities (see :func:`combined_preferences`).
+    ``wins`` / ``losses`` / ``ties``, the Wilson interval and
+    ``position_consistency`` use the verdicts (MT-Bench); ``win_rate``,
+    ``standard_error``, ``discrete_win_rate`` and the LC are AlpacaEval's,
+    from the combined preferences (for verdicts ``win_rate`` equals the
+    MT-Bench rate with ties half).
+    """
+    first, swapped = [as_verdict(x) for x in first_order], [as_verdict(y) for y in swapped_order]
+    outcomes = combine_orders(first, swapped)
     counts = outcome_counts(outcomes)
-    lc, lc_note = length_controlled_win_rate(outcomes, policy_lengths, baseline_lengths)
+    alpaca = alpaca_eval_metrics(combined_preferences(first_order, swapped_order), policy_lengths, baseline_lengths)
     n = len(outcomes)
     return {
         **counts,
-        "win_rate": win_rate(**counts),
+        **alpaca,
         "win_rate_ci": wilson_interval(**counts),
-        "win_rate_ci_method": "wilson-95 (ties count half)",
-        "lc_win_rate": lc,
-        "lc_win_rate_note": lc_note,
-        "position_consistency": position_consistency(first_order, swapped_order),
+        "win_rate_ci_method": "wilson-95 on the verdicts (ties count half)",
+        "position_consistency": position_consistency(first, swapped),
         "avg_len_policy": sum(policy_lengths) / n if n else None,
         "avg_len_baseline": sum(baseline_lengths) / n if n else None,
     }

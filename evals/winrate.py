@@ -2,20 +2,22 @@
 
 The judge (any ``register_judges`` plugin) sees (policy, baseline) as (a, b)
 and then (baseline, policy); :mod:`.stats` turns the two verdicts per prompt
-into a win, loss or tie (a win only when both orders agree) and computes the
-statistics. Outputs may also come from files (one JSON object per line with
+into a win, loss or tie (a win only when both orders agree) and an AlpacaEval
+preference (a judge may return the probability that a is better instead of a
+verdict: the preference is then continuous), and computes the statistics. Outputs may also come from files (one JSON object per line with
 ``prompt`` and ``output``), paired by prompt with strict guards.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from dpo_plugins.errors import DpoPluginsError, PluginError
 
-from .stats import combine_orders, win_rate_metrics
+from .stats import as_verdict, combine_orders, combined_preferences, win_rate_metrics
 
 VERDICTS = ("a", "b", "tie")
 
@@ -32,6 +34,13 @@ class GenerationSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def prompt_text(prompt: Any) -> str:
+    """A prompt (string or chat messages) as plain text for a judge."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{message['role'].capitalize()}: {message.get('content') or ''}" for message in prompt)
 
 
 def prompt_key(prompt: Any) -> str:
@@ -159,11 +168,12 @@ def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs
     metrics["judge"] = judge_name
     metrics["judge_info"] = {"name": judge_name, "provider": provider, "params": shown,
                              "orders": "both (policy first, then baseline first); a win only when both agree"}
+    outcomes = combine_orders([as_verdict(x) for x in first], [as_verdict(y) for y in swapped])
     rows = [
         {"prompt": prompt, "policy_output": p, "baseline_output": b, "verdict_policy_first": x,
-         "verdict_baseline_first": y, "outcome": outcome}
-        for prompt, p, b, x, y, outcome in zip(prompts, policy_outputs, baseline_outputs, first, swapped,
-                                               combine_orders(first, swapped))
+         "verdict_baseline_first": y, "outcome": outcome, "preference": preference}
+        for prompt, p, b, x, y, outcome, preference in zip(prompts, policy_outputs, baseline_outputs, first, swapped,
+                                                           outcomes, combined_preferences(first, swapped))
     ]
     return metrics, rows
 
@@ -175,15 +185,23 @@ def _secret(name: str) -> bool:
         "api_key_env", "api_key_header", "max_tokens")
 
 
-def _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings) -> list[str]:
+def _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings) -> list:
     try:
         verdicts = list(judge.fn(list(prompts), list(outputs_a), list(outputs_b), **settings))
     except DpoPluginsError:
         raise
     except Exception as error:
         raise PluginError(f"judge {judge.name!r} from {provider} failed: {type(error).__name__}: {error}") from error
-    bad = [v for v in verdicts if v not in VERDICTS]
+    bad = [v for v in verdicts if not _is_judgment(v)]
     if len(verdicts) != len(prompts) or bad:
         raise PluginError(f"judge {judge.name!r} from {provider} returned {len(verdicts)} verdicts for "
-                          f"{len(prompts)} prompts{f', including {bad[:3]}' if bad else ''}; expected 'a', 'b' or 'tie' each")
-    return verdicts
+                          f"{len(prompts)} prompts{f', including {bad[:3]}' if bad else ''}; expected 'a', 'b' or "
+                          "'tie', or a probability in [0, 1] that a is better, each")
+    return [v if isinstance(v, str) else float(v) for v in verdicts]
+
+
+def _is_judgment(value) -> bool:
+    """A verdict, or a finite probability that output a is better (bools are neither)."""
+    if isinstance(value, str):
+        return value in VERDICTS
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1

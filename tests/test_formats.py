@@ -276,6 +276,8 @@ OTHER_SHAPES = {
         "chosen": {"from": "gpt", "value": "You are welcome."}, "rejected": {"from": "gpt", "value": "Whatever."},
         "tools": json.dumps([TOOLS[0]["function"]], separators=(",", ":"))},
     "axolotl-chatml-intel": {"system": "Be nice.", "question": "Hi", "chosen": "Hello there.", "rejected": "What?"},
+    "rewardbench": {"prompt": "Hi", "chosen": "Hello there.", "rejected": "What?", "chosen_model": "human",
+                    "rejected_model": "tulu-2-7b", "subset": "alpacaeval-easy", "id": 7},
     "axolotl-chat-template": {"messages": [{"role": "user", "content": "Hi"}],
                               "chosen": {"role": "assistant", "content": "Hello there."},
                               "rejected": {"role": "assistant", "content": "What?"}},

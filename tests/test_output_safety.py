@@ -6,7 +6,6 @@ Each test is a case from issue #12, driven through the real ``dpo`` command
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess

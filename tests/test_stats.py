@@ -1,4 +1,4 @@
-"""Win-rate statistics, including AlpacaEval's length-controlled win rate on constructed fixtures."""
+"""Win-rate statistics: MT-Bench's two orders, the Wilson interval, AlpacaEval's numbers through win_rate_metrics."""
 
 from __future__ import annotations
 
@@ -8,121 +8,44 @@ import pytest
 
 from dpo_plugins.evals.stats import (
     combine_orders,
-    length_controlled_win_rate,
+    combined_preferences,
     position_consistency,
-    preference,
     wilson_interval,
     win_rate,
     win_rate_metrics,
 )
 
 
-def logit(p):
-    return math.log(p / (1 - p))
+def test_lc_win_rate_is_alpaca_evals_minimal_glm_and_says_so():
+    """Verbose answers win more often; at equal lengths the model is worse than its raw rate says.
 
-
-def sigmoid(x):
-    return 1 / (1 + math.exp(-x))
-
-
-def two_length_groups(long_wins, long_losses, short_wins, short_losses, short_ties=0, d=120):
-    """The fixture: policy outputs either ``d`` characters longer than the baseline's or ``d`` shorter.
-
-    With two values of the length difference the feature ``tanh(d / std)`` takes
-    the values +a and -a, so the two-parameter logistic model is saturated: it
-    fits each group's preference rate exactly, sigmoid(t0 + t1 a) = rate(+d) and
-    sigmoid(t0 - t1 a) = rate(-d). Hence t0 = (logit(rate(+d)) + logit(rate(-d))) / 2
-    and the length-controlled win rate (prediction at d = 0) is sigmoid(t0),
-    whatever a (and so whatever std convention) is.
+    Exactness against AlpacaEval's own function: tests/test_alpaca_eval.py.
     """
-    outcomes = ["win"] * long_wins + ["loss"] * long_losses + ["win"] * short_wins + ["loss"] * short_losses + ["tie"] * short_ties
-    n_long = long_wins + long_losses
-    policy = [500 + d] * n_long + [500 - d] * (len(outcomes) - n_long)
-    return outcomes, policy, [500] * len(outcomes)
-
-
-def test_lc_win_rate_equals_the_closed_form_on_a_saturated_fixture():
-    # Verbose answers win 24 of 30, short ones 6 of 20: a judge that likes length.
-    outcomes, policy, baseline = two_length_groups(24, 6, 6, 14)
-    lc, note = length_controlled_win_rate(outcomes, policy, baseline)
-    assert lc == pytest.approx(sigmoid((logit(24 / 30) + logit(6 / 20)) / 2), abs=1e-9)
-    assert win_rate(30, 20, 0) == 0.6 and lc < 0.6  # the raw rate rewarded verbosity
-    assert "predicted at equal lengths" in note and "extrapolated" not in note
-
-
-def test_lc_win_rate_says_when_it_extrapolates():
-    outcomes, policy, baseline = two_length_groups(24, 6, 6, 14)
-    lc, note = length_controlled_win_rate(outcomes, [p + 300 for p in policy], baseline)
-    assert lc is not None and "extrapolated: every policy output is longer" in note
-
-
-def test_ties_are_half_a_preference_in_the_fit():
-    outcomes, policy, baseline = two_length_groups(15, 5, 2, 8, short_ties=10)
-    lc, _ = length_controlled_win_rate(outcomes, policy, baseline)
-    short_rate = (2 + 0.5 * 10) / 20
-    assert lc == pytest.approx(sigmoid((logit(15 / 20) + logit(short_rate)) / 2), abs=1e-9)
-
-
-def alpaca_eval_glm_reference(outcomes, policy_texts, baseline_texts):
-    """An independent re-implementation of AlpacaEval's length_controlled_v1 GLM, written from its
-    description (alpaca_eval/metrics/glm_winrate.py): output_1 is the baseline, output_2 the model;
-    preference in {1, 1.5, 2} mapped to [0, 1]; std_delta_len = (len_1 - len_2) / pandas std;
-    features [1, tanh(std_delta_len)] without a fitted intercept; soft labels fitted by duplicating
-    each row with label 1 (weight p) and label 0 (weight 1 - p); prediction at std_delta_len = 0.
-    Here unpenalised and without instruction difficulty, fitted with scipy's BFGS instead of Newton.
-    """
-    import numpy as np
-    import pandas as pd
-    from scipy.optimize import minimize
-
-    df = pd.DataFrame({"output_1": baseline_texts, "output_2": policy_texts,
-                       "preference": [{"win": 2.0, "tie": 1.5, "loss": 1.0}[o] for o in outcomes]})
-    delta = df["output_1"].str.len() - df["output_2"].str.len()
-    x = np.tanh(delta / delta.std()).to_numpy()
-    p = (df["preference"].astype(float) - 1).to_numpy()
-    design = np.stack([np.ones_like(x), x], axis=1)
-    features = np.concatenate([design, design])
-    labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])
-    weights = np.concatenate([p, 1 - p])
-
-    def negative_log_likelihood(theta):
-        z = features @ theta
-        return -np.sum(weights * (labels * -np.logaddexp(0, -z) + (1 - labels) * -np.logaddexp(0, z)))
-
-    theta = minimize(negative_log_likelihood, np.zeros(2), method="BFGS", options={"gtol": 1e-10}).x
-    return float(1 / (1 + np.exp(-(np.array([1.0, 0.0]) @ theta))))
-
-
-def test_lc_win_rate_agrees_with_alpaca_eval_formula_on_varied_lengths():
-    """Fixture: 60 prompts with many different lengths and a judge biased towards length."""
     import random
 
     rng = random.Random(7)
-    policy_texts, baseline_texts, outcomes = [], [], []
+    first, swapped, policy, baseline = [], [], [], []
     for _ in range(60):
         policy_len, baseline_len = rng.randint(20, 400), rng.randint(20, 400)
-        policy_texts.append("x" * policy_len)
-        baseline_texts.append("y" * baseline_len)
-        p_win = sigmoid(0.4 + 1.5 * math.tanh((policy_len - baseline_len) / 150))
-        draw = rng.random()
-        outcomes.append("win" if draw < p_win * 0.9 else "tie" if draw < p_win else "loss")
-    ours, _ = length_controlled_win_rate(outcomes, [len(t) for t in policy_texts], [len(t) for t in baseline_texts])
-    assert ours == pytest.approx(alpaca_eval_glm_reference(outcomes, policy_texts, baseline_texts), abs=1e-6)
+        p_win = 1 / (1 + math.exp(-(0.2 + 1.5 * math.tanh((policy_len - baseline_len) / 150))))
+        verdict = "a" if rng.random() < p_win else "b"
+        first.append(verdict)
+        swapped.append({"a": "b", "b": "a"}[verdict])
+        policy.append(policy_len)
+        baseline.append(baseline_len)
+    metrics = win_rate_metrics(first, swapped, policy, baseline)
+    assert metrics["lc_method"] == "length_controlled_minimal"
+    assert 0 < metrics["lc_win_rate"] < 1 and metrics["lc_win_rate"] != metrics["win_rate"]
+    assert "length_controlled_minimal GLM on 60 preferences" in metrics["lc_win_rate_note"]
 
 
-@pytest.mark.parametrize("case", ["few", "constant", "separated"])
-def test_lc_win_rate_says_when_it_is_meaningless(case):
-    if case == "few":
-        outcomes, policy, baseline = two_length_groups(5, 2, 3, 4)
-        expected = "fewer than 20"
-    elif case == "constant":
-        outcomes, policy, baseline = ["win"] * 15 + ["loss"] * 15, [10] * 30, [5] * 30
-        expected = "same length difference"
-    else:
-        outcomes, policy, baseline = two_length_groups(20, 0, 0, 20)
-        expected = "fit diverges"
-    lc, note = length_controlled_win_rate(outcomes, policy, baseline)
-    assert lc is None and expected in note
+def test_probabilities_average_over_the_orders():
+    # P(a better) in each order: policy first 0.9, baseline first 0.3 (so 0.7 for the policy).
+    assert combined_preferences([0.9, "a", "a"], [0.3, "b", "a"]) == [pytest.approx(1.8), 2.0, 1.5]
+    metrics = win_rate_metrics([0.9, 0.2], [0.3, 0.6], [10, 20], [5, 5])
+    assert metrics["win_rate"] == pytest.approx(((0.9 + 0.7) / 2 + (0.2 + 0.4) / 2) / 2)
+    assert (metrics["wins"], metrics["losses"], metrics["ties"]) == (1, 1, 0)  # verdicts: (a, b) and (b, a)
+    assert metrics["discrete_win_rate"] == 0.5 and metrics["standard_error"] is not None
 
 
 def test_wilson_interval_matches_textbook_values():
@@ -144,4 +67,4 @@ def test_both_orders_combine_as_mt_bench():
     assert (metrics["wins"], metrics["losses"], metrics["ties"]) == (1, 1, 4)
     assert metrics["win_rate"] == 0.5 and metrics["avg_len_policy"] == 35 and metrics["avg_len_baseline"] == 5
     assert metrics["lc_win_rate"] is None and "fewer than 20" in metrics["lc_win_rate_note"]
-    assert preference("tie") == 0.5
+    assert metrics["discrete_win_rate"] == 0.5 and metrics["n_draws"] == 4

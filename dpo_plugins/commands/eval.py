@@ -1,13 +1,16 @@
 """Evaluate a policy: reward accuracy on held-out pairs and, with a judge, win-rate.
 
 Reward accuracy scores every pair with the implicit DPO reward (policy vs
-``--ref``), tokenized exactly as TRL's DPOTrainer does. ``--judge`` adds a
+``--ref``), tokenized exactly as TRL's DPOTrainer does (or, with
+``--tokenization rewardbench``, exactly as reward-bench's run_dpo.py does);
+with a ``subset`` on every row it is also reported per subset. ``--judge`` adds a
 win-rate of the policy's generations against a baseline's (default: the
 reference) on the pairs' distinct prompts, judged in both orders. A PEFT
 adapter directory works as ``--model``; without ``--ref`` its base model is
 the reference, as in TRL. Writes
 ``metrics.json``, ``pairs.jsonl``, ``report.md`` and PNG plots into
-``--report DIR``. Definitions and biases: docs/evals.md.
+``--report DIR`` (with ``--judge`` also ``generations.jsonl`` and
+AlpacaEval's ``model_outputs.json`` and ``annotations.json``). Definitions and biases: docs/evals.md.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ def add_arguments(parser) -> None:
                         help="held-out preference pairs, in any registered format (see `dpo plugins`)")
     parser.add_argument("--from", dest="from_format", metavar="F", help="the format of --data (default: auto-detected)")
     parser.add_argument("--report", required=True, metavar="DIR", help="directory for the report files")
-    parser.add_argument("--reward-mode", choices=("dpo", "ref-free-sum", "ref-free-mean"),
-                        help="default: dpo with --ref, ref-free-sum without")
+    parser.add_argument("--reward-mode", choices=("dpo", "ref-free-sum", "ref-free-mean", "ref-free-norm"),
+                        help="default: dpo with --ref, ref-free-sum without (RewardBench's ref-free sum / avg / norm)")
+    parser.add_argument("--tokenization", choices=("trl", "rewardbench"), default="trl",
+                        help="trl: as DPOTrainer tokenized training (default); rewardbench: exactly as reward-bench "
+                        "0.1.4's run_dpo.py, its own truncation (2048 / prompt 128) replacing --max-length")
     parser.add_argument("--allow-self-reference", action="store_true",
                         help="allow a reference with the same weights as the policy (every log-ratio is 0)")
     parser.add_argument("--max-length", type=int, default=1024, help="TRL's max_length (default 1024); 0 = none")
@@ -61,6 +67,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from dpo_plugins.adapters.distributed import is_main_process
     from dpo_plugins.evals.harness import EvalRequest, adapter_base, run_eval
+    from dpo_plugins.formats.rewardbench import subsets_of
 
     show_info_logs("eval")
     check_output(args.report, folder=True, inputs=[args.data])  # before minutes of scoring, not after
@@ -73,7 +80,8 @@ def run(args) -> int:
         model=args.model, ref=args.ref, rows=read_trl_rows(args.data, args.from_format), data=args.data,
         reward_mode=args.reward_mode or ("dpo" if args.ref else "ref-free-sum"),
         allow_self_reference=args.allow_self_reference, max_length=args.max_length or None,
-        truncation_mode=args.truncation_mode, batch_size=args.batch_size, forward=args.forward,
+        truncation_mode=args.truncation_mode, tokenization=args.tokenization, subsets=subsets_of(args.data),
+        batch_size=args.batch_size, forward=args.forward,
         ref_cache=not args.no_ref_cache, judge=args.judge,
         judge_params=_parse_params(args.judge_param), baseline=args.baseline or args.ref,
         policy_outputs=args.policy_outputs, baseline_outputs=args.baseline_outputs, max_prompts=args.max_prompts,
@@ -86,8 +94,9 @@ def run(args) -> int:
     metrics = run_eval(request, args.report)
     if not is_main_process():  # under accelerate launch one process reports
         return 0
-    summary = {k: metrics.get(k) for k in ("n_pairs", "reward_accuracy", "reward_ties", "mean_margin", "win_rate",
-                                         "win_rate_ci", "lc_win_rate") if k in metrics}
+    summary = {k: metrics.get(k) for k in ("n_pairs", "reward_accuracy", "reward_ties", "mean_margin", "tokenization",
+                                         "subsets", "win_rate", "standard_error", "win_rate_ci", "lc_win_rate",
+                                         "lc_method") if k in metrics}
     print(json.dumps(summary))
     print(f"report written to {args.report}", file=sys.stderr)
     return 0

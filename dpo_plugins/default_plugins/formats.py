@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..formats import axolotl, azure, hf, hh, llamafactory, ultrafeedback
+from ..formats import axolotl, azure, hf, hh, llamafactory, rewardbench, ultrafeedback
 from ..hookspecs import hookimpl
 from ..specs import Format
 
@@ -35,6 +35,8 @@ def register_formats():
     yield Format(name="ultrafeedback", description="UltraFeedback binarized (and Axolotl chatml.ultra): scores kept",
                  to_record=ultrafeedback.to_record, from_record=ultrafeedback.from_record,
                  detect=ultrafeedback.detect)
+    yield Format(name="rewardbench", description="RewardBench: prompt (string or turns) / chosen / rejected strings / subset",
+                 to_record=rewardbench.to_record, from_record=rewardbench.from_record, detect=rewardbench.detect)
     yield Format(name="llamafactory-alpaca", description="LLaMA-Factory alpaca ranking: instruction / input / chosen / rejected",
                  to_record=llamafactory.alpaca_to_record, from_record=llamafactory.alpaca_from_record,
                  detect=llamafactory.alpaca_detect)

@@ -1,7 +1,8 @@
 """Built-in win-rate judges, registered through ``register_judges`` like any plugin's.
 
 Each ``fn(prompts, outputs_a, outputs_b, **params)`` returns ``"a"``, ``"b"``
-or ``"tie"`` per prompt for ONE order of the outputs; the eval harness calls
+or ``"tie"`` (or the probability that ``a`` is better) per prompt for ONE
+order of the outputs; the eval harness calls
 it twice with the outputs swapped and counts a win only when both orders
 agree (MT-Bench), so position bias becomes ties instead of wins.
 
@@ -20,16 +21,18 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..errors import DpoPluginsError
 from ..hookspecs import hookimpl
 from ..specs import Judge
+from ..evals.winrate import prompt_text
 
 PAIRWISE_TEMPLATE = """Compare two responses to the same request. Judge which one is more helpful, correct and harmless; ignore length and the order in which they are shown.
 
@@ -51,13 +54,6 @@ API_TEMPLATE = PAIRWISE_TEMPLATE.rsplit("\n\n", 1)[0] + (
 VERDICT_PATTERN = re.compile(r"\[\[(A|B|C)\]\]")
 
 
-def prompt_text(prompt: Any) -> str:
-    """A prompt (string or chat messages) as plain text for a judge."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{message['role'].capitalize()}: {message.get('content') or ''}" for message in prompt)
-
-
 def _need(params: dict, name: str, judge: str):
     if params.get(name) in (None, ""):
         raise DpoPluginsError(f"judge {judge!r} needs the parameter {name!r} (--judge-param {name}=...)")
@@ -76,8 +72,13 @@ def _causal_lm(name_or_path: str):
     return model.eval(), tokenizer
 
 
-def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0, **params):
-    """Local LM judge: log P("A") vs log P("B") as the first answer token."""
+def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0, probability=False, **params):
+    """Local LM judge: log P("A") vs log P("B") as the first answer token.
+
+    With ``probability`` it returns P(A) / (P(A) + P(B)) instead of a
+    verdict: the judge's confidence, which the harness keeps as a continuous
+    AlpacaEval preference (as AlpacaEval's weighted annotators do).
+    """
     import torch
 
     judge_model, tokenizer = _causal_lm(str(model))
@@ -98,7 +99,11 @@ def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0,
         with torch.no_grad():
             logits = judge_model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         log_probs = torch.log_softmax(logits, dim=-1)
-        verdicts.append(_compare(log_probs[letters[0]].item(), log_probs[letters[1]].item(), float(tie_margin)))
+        log_a, log_b = log_probs[letters[0]].item(), log_probs[letters[1]].item()
+        if probability:
+            verdicts.append(torch.sigmoid(torch.tensor(log_a - log_b, dtype=torch.float64)).item())
+        else:
+            verdicts.append(_compare(log_a, log_b, float(tie_margin)))
     return verdicts
 
 
@@ -114,10 +119,17 @@ def _reward_model(name_or_path: str):
     return model, load_tokenizer(name_or_path)
 
 
-def reward_model(prompts, outputs_a, outputs_b, model=None, tie_margin=0.0, **params):
-    """Score prompt + output with a one-output sequence classifier; the higher score wins."""
+def reward_model(prompts, outputs_a, outputs_b, model=None, tie_margin=0.0, probability=False, **params):
+    """Score prompt + output with a one-output sequence classifier; the higher score wins.
+
+    With ``probability`` it returns sigmoid(score_a - score_b), the
+    Bradley-Terry probability that a is better, as a continuous preference.
+    """
     scores = [_reward_scores(str(_need({"model": model}, "model", "reward-model")), prompts, outputs)
               for outputs in (outputs_a, outputs_b)]
+    if probability:
+        return [1 / (1 + math.exp(-(a - b))) if a - b >= 0 else math.exp(a - b) / (1 + math.exp(a - b))
+                for a, b in zip(*scores)]
     return [_compare(a, b, float(tie_margin)) for a, b in zip(*scores)]
 
 
@@ -219,9 +231,9 @@ def regex(prompts, outputs_a, outputs_b, pattern=None, references=None, **params
 
 @hookimpl
 def register_judges():
-    yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "tie_margin": 0.0},
+    yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "tie_margin": 0.0, "probability": False},
                 description="local causal LM: log P('A') vs log P('B') under PAIRWISE_TEMPLATE")
-    yield Judge(name="reward-model", fn=reward_model, params={"model": None, "tie_margin": 0.0},
+    yield Judge(name="reward-model", fn=reward_model, params={"model": None, "tie_margin": 0.0, "probability": False},
                 description="sequence-classification reward model; the higher score wins")
     yield Judge(name="openai-compatible", fn=openai_compatible,
                 params={"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY",

@@ -121,7 +121,7 @@ def looks_like_hh(row: dict) -> bool:
 
 
 # Keys that mark the other built-in shapes whose chosen/rejected are also strings.
-OTHER_SHAPES = ("instruction", "question", "conversations", "system")
+OTHER_SHAPES = ("instruction", "question", "conversations", "system", "chosen_model")
 
 
 def detect(row: dict) -> bool:
