@@ -203,7 +203,7 @@ def test_dpo_anneal_runs_every_stage_then_resumes_and_reruns_only_what_changed(p
     assert [line for line in out.splitlines() if line.startswith("[")] == [
         "[1/5] merge", "[2/5] check", "[3/5] anneal", "[4/5] eval", "[5/5] report"]
     assert sorted(p.name for p in run.iterdir()) == [
-        ".stages", "annealed", "checks.json", "evaluation.json", "margins.png", "merged", "metrics.json",
+        ".dpo-plugins-output", ".stages", "annealed", "checks.json", "evaluation.json", "margins.png", "merged", "metrics.json",
         "report.md", "reward_accuracy.png"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert list(metrics["models"]) == [str(parents / "a"), str(parents / "b"), "merged", "annealed"]
@@ -275,7 +275,7 @@ def test_a_stopped_anneal_keeps_the_merge_and_checks_and_says_where_it_stopped(p
             "stage 'anneal': no training today") in err
     assert f"  stage 'merge' is complete and kept: {run / 'merged'}" in err
     assert f"  stage 'check' is complete and kept: {run / 'checks.json'}" in err
-    assert sorted(p.name for p in run.iterdir()) == [".stages", "checks.json", "merged"]
+    assert sorted(p.name for p in run.iterdir()) == [".dpo-plugins-output", ".stages", "checks.json", "merged"]
 
 
 
