@@ -7,6 +7,9 @@ exits non-zero and writes nothing:
 * input files ``dpo convert`` / ``dpo validate`` cannot read: a truncated
   ``.jsonl.gz``, a ``.gz`` that is not gzip, corrupt Parquet, a folder
   named like a file, an unreadable file, a file that disappears;
+* YAML configs (``dpo merge``, ``dpo anneal``, ``dpo train --config``) whose
+  aliases expand past the node budget (the "billion laughs"), that refer to
+  themselves, or that nest deeper than the depth budget;
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import time
 
 import pytest
 
 from dpo_plugins.cli import main
-from dpo_plugins.errors import DpoPluginsError
+from dpo_plugins.errors import ConfigError, DpoPluginsError
 from dpo_plugins.formats.files import read_rows
+from dpo_plugins.workflows import config as yaml_config
 
 ROW = b'{"prompt": "Why is the sky blue?", "chosen": "Rayleigh scattering.", "rejected": "It is not."}\n'
 
@@ -168,3 +173,130 @@ def test_a_missing_input_is_one_line(tmp_path, capsys):
     source = tmp_path / "nowhere.jsonl"
     assert main(["validate", str(source)]) == 1
     _one_error_line(capsys.readouterr().err, "validate", source, "no such file", False)
+
+
+# --- YAML configs -----------------------------------------------------------
+
+BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""  # 9**9 "lol"s from 300 bytes
+
+
+def _expanded_nodes(node) -> int:
+    """The oracle: every node once per place it appears (aliases copied), by plain recursion."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return 1 + sum(_expanded_nodes(key) + _expanded_nodes(value) for key, value in node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return 1 + sum(_expanded_nodes(item) for item in node.value)
+    return 1
+
+
+def _aliased(copies: int) -> str:
+    """A 100-node anchored list and one alias of it per line, from line 3 on."""
+    return "base: &b [" + ", ".join(str(n) for n in range(99)) + "]\nrefs:\n" + "  - *b\n" * copies
+
+
+def test_the_billion_laughs_is_refused_at_once_with_its_line(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as raised:
+        yaml_config.load_yaml(path)
+    assert time.perf_counter() - started < 1.0
+    assert raised.value.problems == [
+        f"{path}:5: $: more than {yaml_config.MAX_NODES:,} nodes with its aliases expanded "
+        "(a YAML alias bomb?); a config is never this big"
+    ]
+
+
+def test_the_node_budget_is_exact_and_names_the_alias_that_crosses_it(tmp_path):
+    import yaml
+
+    copies = 1
+    while _expanded_nodes(yaml.compose(_aliased(copies + 1))) <= yaml_config.MAX_NODES:
+        copies += 1
+    fits, over = tmp_path / "fits.yaml", tmp_path / "over.yaml"
+    fits.write_text(_aliased(copies))
+    over.write_text(_aliased(copies + 1))
+    loaded = yaml_config.load_yaml(fits)
+    assert len(loaded.data["refs"]) == copies and loaded.data["refs"][-1] == list(range(99))
+    crossing = rf"^{re.escape(str(over))}:{copies + 3}: \$: more than {yaml_config.MAX_NODES:,} nodes"
+    with pytest.raises(ConfigError, match=crossing):
+        yaml_config.load_yaml(over)
+
+
+def test_a_few_anchors_as_mergekit_configs_use_them_still_load(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("""merge_method: linear
+models:
+  - model: &model smollm2
+    parameters: &half {weight: 0.5}
+  - model: *model
+    parameters:
+      <<: *half
+dtype: float32
+""")
+    loaded = yaml_config.load_yaml(path)
+    assert loaded.data["models"] == [{"model": "smollm2", "parameters": {"weight": 0.5}}] * 2
+    assert loaded.line_of(("models", 1, "model")) == 5  # where the alias is used, not where its anchor is
+    assert loaded.line_of(("dtype",)) == 8
+
+
+@pytest.mark.parametrize("text, line", [
+    ("a: &a [*a]\n", 1),
+    ("merge_method: linear\nx: &x\n  y: [1, 2]\n  z: *x\n", 4),
+    ("a: &a 1\nb: &a [2, *a]\n", 2),  # *a means the latest &a, the list it is in
+])
+def test_a_recursive_alias_is_a_line_not_a_recursion_error(text, line, tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:{line}: \$: the alias \*\w+ is used inside "
+                                          r"its own anchor"):
+        yaml_config.load_yaml(path)
+
+
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_nesting_beyond_the_depth_budget_is_a_line(style, tmp_path):
+    levels = yaml_config.MAX_DEPTH + 1
+    if style == "flow":
+        text, line = "x: " + "[" * levels + "]" * levels + "\n", 1
+    else:  # key k<i> on line i opens the mapping of depth i + 1
+        text, line = "".join("  " * i + f"k{i}:\n" for i in range(levels)) + "  " * levels + "leaf: 1\n", levels
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:{line}: \$: nested deeper than "
+                                          rf"{yaml_config.MAX_DEPTH} levels"):
+        yaml_config.load_yaml(path)
+    inside = yaml_config.MAX_DEPTH - 1  # lists inside the root mapping: exactly the budget
+    path.write_text("x: " + "[" * inside + "]" * inside + "\n")
+    value = yaml_config.load_yaml(path).data["x"]
+    for _ in range(inside - 1):
+        value = value[0]
+    assert value == []
+
+
+@pytest.mark.parametrize("command", ["merge", "anneal", "train"])
+@pytest.mark.parametrize("name", ["bomb", "loop", "deep"])
+def test_every_yaml_command_refuses_a_hostile_config_in_a_moment_and_writes_nothing(
+        command, name, tmp_path, monkeypatch, capsys):
+    text = {"bomb": BOMB, "loop": "a: &a [*a]\n", "deep": "x: " + "[" * 3000 + "]" * 3000 + "\n"}[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    extra = ["--output", str(tmp_path / "out")] if command == "merge" else []
+    started = time.perf_counter()
+    assert main([command, "--config", str(path)] + extra) == 1
+    assert time.perf_counter() - started < 5.0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.fullmatch(rf"dpo {command}: error: {re.escape(str(path))}:\d+: \$: [^\n]+\n", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
