@@ -10,6 +10,10 @@ exits non-zero and writes nothing:
 * YAML configs (``dpo merge``, ``dpo anneal``, ``dpo train --config``) whose
   aliases expand past the node budget (the "billion laughs"), that refer to
   themselves, or that nest deeper than the depth budget;
+* a plugin module that exits (``sys.exit(3)``, ``SystemExit``, any
+  BaseException but KeyboardInterrupt) while it is imported through
+  ``--plugin``, ``DPO_PLUGINS`` or an entry point: a PluginError naming the
+  module (and the distribution), not a silent end of the CLI.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import textwrap
 import time
 
 import pytest
 
 from dpo_plugins.cli import main
-from dpo_plugins.errors import ConfigError, DpoPluginsError
+from dpo_plugins import plugins
+from dpo_plugins.errors import ConfigError, DpoPluginsError, PluginError
 from dpo_plugins.formats.files import read_rows
 from dpo_plugins.workflows import config as yaml_config
 
@@ -300,3 +306,77 @@ def test_every_yaml_command_refuses_a_hostile_config_in_a_moment_and_writes_noth
     assert "Traceback" not in err
     assert re.fullmatch(rf"dpo {command}: error: {re.escape(str(path))}:\d+: \$: [^\n]+\n", err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+# --- plugins that exit at import ---------------------------------------------
+
+EXITS = {
+    "sys.exit(3)": ("import sys\nsys.exit(3)\n", "SystemExit(3): a plugin must not exit the program"),
+    "raise SystemExit('bye')": ("raise SystemExit('bye')\n", "SystemExit('bye'): a plugin must not exit the program"),
+    "a BaseException subclass": ("class Stop(BaseException):\n    pass\nraise Stop('halt')\n", "Stop: halt"),
+}
+
+
+def _module(tmp_path, monkeypatch, name: str, body: str) -> str:
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+@pytest.mark.parametrize("how", sorted(EXITS))
+def test_a_plugin_option_module_that_exits_is_a_named_error(how, tmp_path, monkeypatch, capsys):
+    body, says = EXITS[how]
+    name = _module(tmp_path, monkeypatch, "exiting_plugin", body)
+    assert main(["plugins", "--plugin", name]) == 1
+    err = capsys.readouterr().err
+    assert err == f"dpo plugins: error: cannot load plugin module 'exiting_plugin': {says}\n"
+    assert plugins.pm.get_plugin(name) is None
+
+
+def test_a_dpo_plugins_module_that_exits_is_a_named_error(tmp_path, monkeypatch, capsys):
+    name = _module(tmp_path, monkeypatch, "exiting_env_plugin", "import sys\nsys.exit(3)\n")
+    monkeypatch.setenv("DPO_PLUGINS", name)
+    monkeypatch.setattr(plugins, "_loaded", False)  # load_plugins runs again, reading DPO_PLUGINS
+    assert main(["plugins"]) == 1
+    assert capsys.readouterr().err == (
+        "dpo plugins: error: cannot load plugin module 'exiting_env_plugin': "
+        "SystemExit(3): a plugin must not exit the program\n")
+
+
+def test_keyboard_interrupt_during_a_plugin_import_stays_an_interrupt(tmp_path, monkeypatch):
+    name = _module(tmp_path, monkeypatch, "interrupted_plugin", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        plugins.load_module(name)
+
+
+def test_an_entry_point_that_exits_names_its_distribution(tmp_path, run_dpo):
+    site = tmp_path / "site"
+    (site / "ep_exit").mkdir(parents=True)
+    (site / "ep_exit" / "__init__.py").write_text("import sys\nsys.exit(3)\n")
+    info = site / "dpo_plugins_ep_exit-0.4.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dpo-plugins-ep-exit\nVersion: 0.4.0\n")
+    (info / "entry_points.txt").write_text("[dpo_plugins]\nexiting = ep_exit\n")
+    result = run_dpo("plugins", env={"PYTHONPATH": str(site), "DPO_DISABLE_PLUGIN_AUTOLOAD": None})
+    assert result.returncode == 1
+    assert result.stderr == (
+        "dpo plugins: error: cannot load plugin 'exiting' (entry point ep_exit of dpo-plugins-ep-exit 0.4.0): "
+        "SystemExit(3): a plugin must not exit the program\n")
+
+
+def test_a_registration_hook_that_exits_is_a_named_error(tmp_path, monkeypatch):
+    name = _module(tmp_path, monkeypatch, "exiting_hook_plugin", textwrap.dedent("""
+        import sys
+        from dpo_plugins import hookimpl
+
+        @hookimpl
+        def register_losses():
+            sys.exit(4)
+    """))
+    plugins.load_module(name)
+    try:
+        with pytest.raises(PluginError, match=r"^plugin exiting_hook_plugin failed in register_losses\(\): "
+                                              r"SystemExit\(4\): a plugin must not exit the program$"):
+            plugins.get_losses()
+    finally:
+        plugins.pm.unregister(name=name)
