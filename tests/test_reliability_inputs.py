@@ -39,6 +39,12 @@ def _rows(count: int) -> bytes:
     return ROW * count
 
 
+def _flipped(data: bytes, count: int, mask: int = 0xFF) -> bytes:
+    """``data`` with ``count`` bytes from its middle XOR ``mask``: damage a reader only meets part-way."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(byte ^ mask for byte in data[middle:middle + count]) + data[middle + count:]
+
+
 def truncated_gzip(tmp_path):
     data = gzip.compress(_rows(3000))
     path = tmp_path / "cut.jsonl.gz"
@@ -48,11 +54,8 @@ def truncated_gzip(tmp_path):
 
 def corrupt_gzip(tmp_path):
     """Valid header and length, flipped bytes in the middle: a CRC or inflate error part-way."""
-    data = bytearray(gzip.compress(_rows(3000), compresslevel=1))
-    for index in range(len(data) // 2, len(data) // 2 + 64):
-        data[index] ^= 0x55
     path = tmp_path / "flipped.jsonl.gz"
-    path.write_bytes(bytes(data))
+    path.write_bytes(_flipped(gzip.compress(_rows(3000), compresslevel=1), 64, 0x55))
     return path
 
 
@@ -81,11 +84,8 @@ def cut_parquet(tmp_path):
 
 def garbled_parquet(tmp_path):
     """The footer is intact, a data page is not: it fails while reading rows."""
-    data = bytearray(_parquet(tmp_path))
-    for index in range(len(data) // 2, len(data) // 2 + 2000):
-        data[index] ^= 0xFF
     path = tmp_path / "garbled.parquet"
-    path.write_bytes(bytes(data))
+    path.write_bytes(_flipped(_parquet(tmp_path), 2000))
     return path
 
 

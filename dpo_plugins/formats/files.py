@@ -100,7 +100,7 @@ def _unreadable(path: Path, last_line: int, error: BaseException) -> str:
     elif isinstance(error, IsADirectoryError):
         what = "is a folder, not a file"
     elif isinstance(error, EOFError):
-        what = "the gzip data ends before its end marker: the file is truncated (copy or download it again)"
+        what = "the gzip data ends before its end marker: the file is truncated or damaged (copy it again)"
     elif isinstance(error, (gzip.BadGzipFile, zlib.error)) and not last_line and "Not a gzipped file" in str(error):
         what = f"not gzip data ({error}); a plain JSONL file must not end in .gz"
     elif isinstance(error, (gzip.BadGzipFile, zlib.error)):
