@@ -69,6 +69,7 @@ def load_plugins() -> None:
     for name in DEFAULT_PLUGINS:
         load_module(name)
     if not os.environ.get("DPO_DISABLE_PLUGIN_AUTOLOAD"):
+        _import_entry_points()
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as error:
@@ -92,14 +93,43 @@ def load_module(name: str) -> None:
         return
     try:
         module = importlib.import_module(name)
-    except Exception as error:
-        raise PluginError(
-            f"cannot load plugin module {name!r}: {type(error).__name__}: {error}"
-        ) from error
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # SystemExit too: a plugin must not end the CLI without a word
+        raise PluginError(f"cannot load plugin module {name!r}: {_failure(error)}") from error
     if pm.is_registered(module):
         return
     pm.register(module, name=name)
     _check_hook_names(f"plugin {name!r}")
+
+
+def _import_entry_points() -> None:
+    """Import every entry point of the group first, so one that fails is named with its distribution.
+
+    pluggy's loader imports them too but lets a failure (a ``sys.exit`` at
+    import included) escape without saying which one; the modules imported
+    here are cached, so pluggy's second import costs nothing.
+    """
+    from importlib import metadata
+
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:
+            dist = entry_point.dist
+            owner = f" of {dist.metadata['Name']} {dist.version}" if dist is not None else ""
+            raise PluginError(
+                f"cannot load plugin {entry_point.name!r} (entry point {entry_point.value}{owner}): {_failure(error)}"
+            ) from error
+
+
+def _failure(error: BaseException) -> str:
+    """What a plugin's code raised, in words; an exit is named as such (its message would be just a number)."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit({error.code!r}): a plugin must not exit the program"
+    return f"{type(error).__name__}: {error}"
 
 
 def _check_hook_names(who: str) -> None:
@@ -166,10 +196,10 @@ def records_from_each_plugin(hook_name: str, record_type: type, **kwargs) -> Ite
         provider = provider_of(impl.plugin)
         try:
             records = list(impl.function(**kwargs) or ())
-        except Exception as error:
-            raise PluginError(
-                f"plugin {provider} failed in {hook_name}(): {type(error).__name__}: {error}"
-            ) from error
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:
+            raise PluginError(f"plugin {provider} failed in {hook_name}(): {_failure(error)}") from error
         for record in records:
             if not isinstance(record, record_type):
                 raise PluginError(

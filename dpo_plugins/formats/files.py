@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -56,18 +57,61 @@ def container_of(path: Union[str, Path], for_output: bool = False) -> str:
 
 
 def read_rows(path: Union[str, Path]) -> Iterator[Item]:
-    """Every row of ``path`` as ``(line, row)``, or ``(line, Problem)``."""
+    """Every row of ``path`` as ``(line, row)``, or ``(line, Problem)``.
+
+    A file that cannot be read at all, or stops being readable part-way
+    (truncated or corrupt gzip, corrupt Parquet, no permission, gone),
+    raises a :class:`DpoPluginsError` (see :func:`_unreadable`): unlike a
+    bad line, the rows after it are missing, not invalid, so no run may go
+    on without them, ``--skip-invalid`` included.
+    """
     path = Path(path)
     if not path.exists():
         raise DpoPluginsError(f"{path}: no such file or folder")
     container = container_of(path)
-    if container == "jsonl":
-        return _read_jsonl(path)
-    if container == "json":
-        return _read_json(path)
-    if container == "parquet":
-        return _read_parquet(path)
-    return _read_datasets(path)
+    if container != "datasets" and path.is_dir():
+        raise DpoPluginsError(f"{path}: is a folder, not a {container} file (a datasets folder has no suffix)")
+    reader = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet}.get(container, _read_datasets)
+    return _guarded(path, reader(path))
+
+
+# What reading a file can raise that is the file's fault, not ours: OS errors
+# (BadGzipFile and ArrowIOError among them), EOFError (gzip ends early),
+# zlib.error (corrupt deflate data), ValueError (ArrowInvalid).
+_READ_FAILURES = (OSError, EOFError, zlib.error, ValueError)
+
+
+def _guarded(path: Path, items: Iterator[Item]) -> Iterator[Item]:
+    """``items``, with a read failure turned into one line naming the path (and the line, part-way)."""
+    line = 0
+    try:
+        for line, item in items:
+            yield line, item
+    except _READ_FAILURES as error:
+        raise DpoPluginsError(_unreadable(path, line, error)) from error
+
+
+def _unreadable(path: Path, last_line: int, error: BaseException) -> str:
+    """``PATH: message`` when nothing was read, ``PATH:LINE: $: message`` for the line reading stopped at."""
+    if isinstance(error, FileNotFoundError):
+        what = "disappeared while it was being read" if last_line else "disappeared before it could be read"
+    elif isinstance(error, PermissionError):
+        what = "permission denied: the file cannot be read (check its permissions)"
+    elif isinstance(error, IsADirectoryError):
+        what = "is a folder, not a file"
+    elif isinstance(error, EOFError):
+        what = "the gzip data ends before its end marker: the file is truncated or damaged (copy it again)"
+    elif isinstance(error, (gzip.BadGzipFile, zlib.error)) and not last_line and "Not a gzipped file" in str(error):
+        what = f"not gzip data ({error}); a plain JSONL file must not end in .gz"
+    elif isinstance(error, (gzip.BadGzipFile, zlib.error)):
+        what = f"corrupt gzip data ({error}); the file is damaged"
+    elif path.suffix.lower() == ".parquet" and not last_line:
+        what = f"not a readable Parquet file ({type(error).__name__}: {error})"
+    elif path.suffix.lower() == ".parquet":
+        what = f"corrupt Parquet data ({type(error).__name__}: {error}); the file is damaged"
+    else:
+        what = f"cannot be read: {type(error).__name__}: {getattr(error, 'strerror', None) or error}"
+    return f"{path}:{last_line + 1}: $: {what}" if last_line else f"{path}: {what}"
 
 
 def _open_binary(path: Path):

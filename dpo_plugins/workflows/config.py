@@ -53,13 +53,18 @@ class YamlFile:
 
 
 def load_yaml(path: Union[str, Path]) -> YamlFile:
-    """Parse ``path``; a syntax error becomes a :class:`ConfigError` with its line."""
+    """Parse ``path``; a syntax error becomes a :class:`ConfigError` with its line.
+
+    So does a file past the size or depth budget (MAX_NODES, MAX_DEPTH) or
+    with a recursive alias, checked before the tree is built or walked.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise ConfigError([f"{path}:1: $: cannot read the file: {error.strerror or error}"]) from error
     try:
+        _check_budgets(path, text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -71,6 +76,61 @@ def load_yaml(path: Union[str, Path]) -> YamlFile:
     if node is not None:
         _record_lines(node, (), lines)
     return YamlFile(path=path, data=data, lines=lines)
+
+
+# A config is a small tree. Its size as expanded (every alias counted as a
+# copy of its anchor, mapping keys included) and its depth are capped, so an
+# alias bomb (a few hundred bytes, 9**9 nodes), a recursive alias or
+# pathological nesting is refused before anything walks the tree: the lines
+# map, the validators and mergekit all expand aliases. A mergekit config with
+# a few anchors is some hundreds of nodes and under ten levels deep.
+MAX_NODES = 10_000
+MAX_DEPTH = 100
+
+
+def _check_budgets(path: Path, text: str) -> None:
+    """Refuse ``text`` past MAX_NODES / MAX_DEPTH, or with a recursive alias, from its parse events alone.
+
+    Events are a flat stream (no alias is expanded, no recursion), and the
+    scan stops at the first offence, so a hostile file costs milliseconds.
+    """
+    sizes: Dict[str, int] = {}  # anchor -> expanded size of its finished node
+    open_nodes: List[List[Any]] = []  # [anchor, expanded size so far] per collection being read
+    total = 0
+
+    def add(size: int) -> None:
+        nonlocal total
+        total += size
+        if open_nodes:
+            open_nodes[-1][1] += size
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes and any(anchor == event.anchor for anchor, _ in open_nodes):
+                raise ConfigError([f"{path}:{line}: $: the alias *{event.anchor} is used inside its own anchor "
+                                   f"(a recursive alias); a config must be a tree"])
+            add(sizes.get(event.anchor, 1))  # an undefined alias: the composer reports it
+        elif isinstance(event, yaml.ScalarEvent):
+            add(1)
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            add(1)
+            sizes.pop(event.anchor, None)  # an alias inside refers to this node from now on, not an older one
+            open_nodes.append([event.anchor, 1])
+            if len(open_nodes) > MAX_DEPTH:
+                raise ConfigError([f"{path}:{line}: $: nested deeper than {MAX_DEPTH} levels; "
+                                   f"a config is never this deep"])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = size
+            if open_nodes:
+                open_nodes[-1][1] += size - 1  # its own 1 was added to the parent when it opened
+        if total > MAX_NODES:
+            raise ConfigError([f"{path}:{line}: $: more than {MAX_NODES:,} nodes with its aliases expanded "
+                               f"(a YAML alias bomb?); a config is never this big"])
 
 
 def _record_lines(node: yaml.Node, path: JsonPath, lines: Dict[JsonPath, int]) -> None:
