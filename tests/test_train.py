@@ -299,7 +299,7 @@ def test_loss_params_are_typed_and_checked():
         resolve_losses(["sigmoid"], None, None, {"label_smoothing": 0.1})
     with pytest.raises(DpoPluginsError, match="--loss-weights has 1 values for 2 losses"):
         resolve_losses(["sigmoid", "ipo"], [1.0])
-    with pytest.raises(DpoPluginsError, match="unknown loss 'sigmiod'; available: .*hinge, ipo, robust, sigmoid, simpo"):
+    with pytest.raises(DpoPluginsError, match="unknown loss 'sigmiod'; available: .*hinge, ipo, .*robust, sft, sigmoid, sigmoid_norm, simpo"):
         resolve_losses(["sigmiod"])
     with pytest.raises(DpoPluginsError, match="expected KEY=VALUE"):
         parse_loss_params(["gamma"])
@@ -313,18 +313,25 @@ def test_other_trl_versions_are_refused_by_name():
         check_trl_version("1.17.0")
 
 
-def test_trl_options_plugin_losses_cannot_honour_are_errors(tokenizer, tmp_path):
+def test_modifiers_a_loss_has_not_opted_into_are_errors(tokenizer, tmp_path, registered):
+    """TRL's own restrictions (f-divergences only on delta-score losses, no WPO on the sorting aot), and a
+    third-party loss that declares no modifiers refuses them all, naming the losses, before any training."""
     from dpo_plugins.adapters.trl import PluginDPOTrainer
 
-    args = dpo_config(tmp_path, "x", f_divergence_type="js_divergence", use_weighting=True, ld_alpha=0.5)
+    args = dpo_config(tmp_path, "x", loss_type=["aot", "bco_pair"], f_divergence_type="js_divergence",
+                      use_weighting=True)
     with pytest.raises(DpoPluginsError) as caught:
         make_trainer(PluginDPOTrainer, tokenizer, args)
     assert str(caught.value).splitlines() == [
         "unsupported option combination:",
-        "f_divergence_type: only 'reverse_kl' is supported with plugin losses (write a loss instead)",
-        "ld_alpha: LD-DPO weighting is not supported with plugin losses",
-        "use_weighting: WPO weighting is not supported with plugin losses",
+        "f_divergence_type='js_divergence': not valid with the loss(es) aot, bco_pair "
+        "(a loss opts in with Loss(modifiers={'f_divergence'}))",
+        "use_weighting=True: not valid with the loss(es) aot (a loss opts in with Loss(modifiers={'weighting'}))",
     ]
+    registered(ScaledSigmoidPlugin(), "scaled-sigmoid-plugin")
+    with pytest.raises(DpoPluginsError, match=r"ld_alpha=0.5: not valid with the loss\(es\) scaled_sigmoid "):
+        make_trainer(PluginDPOTrainer, tokenizer, dpo_config(tmp_path, "y", loss_type=["sigmoid", "scaled_sigmoid"],
+                                                             ld_alpha=0.5))
 
 
 # -- health checks ---------------------------------------------------------------------
