@@ -85,3 +85,39 @@ def test_packed_token_logps_and_wpo_statistic_equal_a_full_logits_computation(to
         torch.testing.assert_close(tokens.logps[row][got].double(), expected_logps, atol=1e-5, rtol=0)
         torch.testing.assert_close(tokens.log_sum_sq_probs[row][got].double(), expected_sq, atol=1e-5, rtol=0)
     torch.testing.assert_close(tokens.sums()[: len(targets) // 2], sums.chosen)
+
+
+def test_the_commands_that_used_to_fail_run_as_a_trl_user_types_them(tmp_path, tiny_model_dir):
+    """issue 13's reproduction: sft in a combination, WPO, LD-DPO and an f-divergence from the command line,
+    and a TRL YAML with ``loss_type:`` / ``loss_weights:`` unchanged. Each writes trainer_state.json with
+    TRL's metrics (and a loss's own, for cpo)."""
+    import json
+    import textwrap
+
+    from test_train_cli import FAST, log_history
+
+    from dpo_plugins import cli
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in conversational_rows()))
+    config = tmp_path / "trl.yaml"
+    config.write_text(textwrap.dedent("""\
+        loss_type: [sigmoid, bco_pair, sft]
+        loss_weights: [0.8, 0.2, 1.0]
+        beta: 0.2
+    """))
+    runs = {
+        "sft": ["--loss", "sigmoid", "sft", "--loss-weights", "0.8", "0.2"],
+        "wpo": ["--loss-type", "apo_zero", "--use-weighting", "true"],
+        "ld": ["--loss", "ipo", "--ld-alpha", "0.5"],
+        "js": ["--loss", "sigmoid", "--f-divergence-type", "js_divergence"],
+        "yaml": ["--config", str(config)],
+        "cpo": ["--loss", "cpo"],
+    }
+    for name, flags in runs.items():
+        out = tmp_path / name
+        assert cli.main(["train", "--model", str(tiny_model_dir), "--data", str(pairs), "--output-dir", str(out),
+                         *flags, *FAST]) == 0, name
+        logged = [entry for entry in log_history(out) if "loss" in entry]
+        assert len(logged) == 1 and "rewards/margins" in logged[0], name
+    assert "cpo/nll_loss" in [e for e in log_history(tmp_path / "cpo") if "loss" in e][0]
