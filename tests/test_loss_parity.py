@@ -31,7 +31,7 @@ LOSS_CASES = [
     (["aot_unpaired"], None, {"per_device_train_batch_size": 4}),
     (["apo_zero"], None, {}),
     (["apo_down"], None, {}),
-    (["discopop"], None, {"discopop_tau": 0.1}),
+    (["discopop"], None, {"discopop_tau": 1.0}),  # its curvature grows as 1/tau^2: see STEEP
     (["sft"], None, {}),
     (["sigmoid_norm"], None, {}),
     # weighted combinations: TRL's rpo_alpha replacement, and the MPO recipe
