@@ -40,6 +40,8 @@ class LossTerm:
     weight: float
     params: Mapping[str, Any]
     needs_reference: bool
+    needs: frozenset = frozenset()  # Loss.needs and Loss.modifiers of the registry record (loss API v2)
+    modifiers: frozenset = frozenset()
 
     def describe(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
@@ -107,7 +109,7 @@ def resolve_losses(
         raise DpoPluginsError("\n".join(problems))
     weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
     return [
-        LossTerm(spec.name, spec.fn, weight, dict(values), spec.needs_reference)
+        LossTerm(spec.name, spec.fn, weight, dict(values), spec.needs_reference, spec.needs, spec.modifiers)
         for spec, weight, values in zip(specs, weights, bound)
     ]
 
@@ -136,13 +138,9 @@ def inherited_loss_params(args) -> dict[str, Any]:
 
 def unsupported_options(args, terms: Sequence[LossTerm], ref_model_given: bool) -> list[str]:
     """TRL options that would silently not apply to plugin losses, or that contradict the losses."""
-    problems = []
-    if args.f_divergence_type != "reverse_kl":
-        problems.append("f_divergence_type: only 'reverse_kl' is supported with plugin losses (write a loss instead)")
-    if args.ld_alpha is not None:
-        problems.append("ld_alpha: LD-DPO weighting is not supported with plugin losses")
-    if args.use_weighting:
-        problems.append("use_weighting: WPO weighting is not supported with plugin losses")
+    from .modifiers import modifier_problems  # the modifiers the selected losses opt into
+
+    problems = modifier_problems(args, terms)
     if not any(term.needs_reference for term in terms):
         names = ", ".join(term.name for term in terms)
         if ref_model_given:

@@ -179,7 +179,8 @@ def pair_logps(
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     logit_chunk: int = DEFAULT_LOGIT_CHUNK,
     logps_dtype=None,
-) -> PairLogps:
+    per_token: bool = False,
+):
     """Per-pair completion log-prob sums of ``model`` on tokenized ``pairs`` (the packed, prefix-shared way).
 
     ``pairs`` are dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids``
@@ -187,7 +188,8 @@ def pair_logps(
     under autograd. Equal to the plain two-row computation (within float32
     rounding); see tests/test_packing.py. ``logps_dtype`` (without gradient
     only): the dtype of the log-softmax and the sums, e.g. ``torch.float64``
-    as the plain eval path uses (default: the model's).
+    as the plain eval path uses (default: the model's). ``per_token``: also
+    return the per-token log-probs, ``(PairLogps, TokenLogps)``.
     """
     blocks, lengths = [], []
     for index, pair in enumerate(pairs):
@@ -195,16 +197,18 @@ def pair_logps(
         rejected_ids, rejected_mask = truncate(pair["prompt_ids"], pair["rejected_ids"], max_length, truncation_mode)
         blocks += sequence_blocks(index, chosen_ids, chosen_mask, rejected_ids, rejected_mask)
         lengths.append((sum(chosen_mask), sum(rejected_mask)))
-    return blocks_logps(model, blocks, lengths, token_budget, logit_chunk, logps_dtype=logps_dtype)
+    out = blocks_logps(model, blocks, lengths, token_budget, logit_chunk, logps_dtype=logps_dtype, per_token=per_token)
+    return (out[0], out[2]) if per_token else out
 
 
-def collated_pair_logps(model, batch, token_budget: int = DEFAULT_TOKEN_BUDGET, logit_chunk: int = DEFAULT_LOGIT_CHUNK, token_sums: bool = False):
+def collated_pair_logps(model, batch, token_budget: int = DEFAULT_TOKEN_BUDGET, logit_chunk: int = DEFAULT_LOGIT_CHUNK, token_sums: bool = False,
+                        per_token: bool = False, log_sum_sq: bool = False):
     """:func:`pair_logps` on a batch from TRL's ``DataCollatorForPreference`` (already truncated).
 
     ``batch`` has right-padded ``input_ids`` rows ``[chosen_1..chosen_B,
     rejected_1..rejected_B]``, ``attention_mask`` and ``completion_mask``;
     the padding is dropped here. With ``token_sums`` it returns
-    ``(PairLogps, TokenSums)``.
+    ``(PairLogps, TokenSums)``; ``per_token`` / ``log_sum_sq``: see :func:`blocks_logps`.
     """
     ids = batch["input_ids"].tolist()
     real = batch["attention_mask"].sum(dim=1).tolist()
@@ -213,14 +217,18 @@ def collated_pair_logps(model, batch, token_budget: int = DEFAULT_TOKEN_BUDGET, 
     rows = [(ids[r][: real[r]], completion[r][: real[r]]) for r in range(len(ids))]
     blocks = [b for i in range(n_pairs) for b in sequence_blocks(i, *rows[i], *rows[n_pairs + i])]
     lengths = [(sum(rows[i][1]), sum(rows[n_pairs + i][1])) for i in range(n_pairs)]
-    return blocks_logps(model, blocks, lengths, token_budget, logit_chunk, token_sums)
+    return blocks_logps(model, blocks, lengths, token_budget, logit_chunk, token_sums, per_token=per_token,
+                        log_sum_sq=log_sum_sq)
 
 
 def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logit_chunk=DEFAULT_LOGIT_CHUNK, token_sums=False,
-                 logps_dtype=None):
+                 logps_dtype=None, per_token=False, log_sum_sq=False):
     """Run the packed rows through ``model`` and sum the target log-probs per pair and side.
 
-    With ``token_sums``: ``(PairLogps, TokenSums)``.
+    With ``token_sums``: ``(PairLogps, TokenSums)``. With ``per_token``:
+    ``(PairLogps, TokenSums or None, TokenLogps)``, the log-prob of every
+    target (and with ``log_sum_sq`` WPO's ``log sum_v p^2``, computed chunk
+    by chunk in the LM head like the other token statistics).
     """
     reason = unsupported_reason(model)
     if reason:  # rather than compute different numbers
@@ -244,17 +252,27 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
     sums = head.weight.new_zeros(2 * n_pairs, dtype=logps_dtype or _log_softmax_dtype(head.weight.dtype))
     owner_index = torch.tensor(owners, dtype=torch.long, device=device)
     stats = [] if token_sums else None
+    sq_stats = [] if log_sum_sq else None  # dpo-plugins loss API v2: WPO's statistic, chunk by chunk
+    logps = sums[:0]
     if hidden:
         targets = torch.tensor(target_ids, device=device)
-        logps = target_logprobs(torch.cat(hidden), head.weight, head.bias, targets, logit_chunk, stats, logps_dtype)
+        logps = target_logprobs(torch.cat(hidden), head.weight, head.bias, targets, logit_chunk, stats, logps_dtype,
+                                sq_stats)
         sums = sums.index_add(0, owner_index, logps)
     elif torch.is_grad_enabled() and head.weight.requires_grad:
         # Nothing to score (every completion truncated away): still a differentiable zero, as TRL returns.
         sums = sums + head.weight[:0].sum()
     lengths = torch.tensor(lengths, dtype=torch.float32, device=device)
     result = PairLogps(sums[0::2], sums[1::2], lengths[:, 0], lengths[:, 1])
+    tokens = None
+    if per_token:  # dpo-plugins loss API v2: rows [chosen_1..B, rejected_1..B] as TRL's collator orders them
+        from .token_logps import TokenLogps
+
+        rows = [(owner % 2) * n_pairs + owner // 2 for owner in owners]
+        sq = torch.cat(sq_stats) if sq_stats else (logps.detach() if log_sum_sq else None)
+        tokens = TokenLogps.from_targets(logps, rows, 2 * n_pairs, sq)
     if not token_sums:
-        return result
+        return (result, None, tokens) if per_token else result
     per_side = [
         sums.new_zeros(2 * n_pairs).index_add(0, owner_index, torch.cat(column).to(sums.dtype))
         if column
@@ -262,7 +280,8 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
         for column in zip(*stats)
     ] or [sums.new_zeros(2 * n_pairs)] * 3
     entropy, mean_logits, top1 = (t.detach() for t in per_side)
-    return result, TokenSums(entropy[0::2], entropy[1::2], mean_logits[0::2], mean_logits[1::2], top1[0::2], top1[1::2])
+    token_sums = TokenSums(entropy[0::2], entropy[1::2], mean_logits[0::2], mean_logits[1::2], top1[0::2], top1[1::2])
+    return (result, token_sums, tokens) if per_token else (result, token_sums)
 
 
 def unsupported_reason(model) -> Optional[str]:
@@ -283,20 +302,21 @@ def unsupported_reason(model) -> Optional[str]:
     return None
 
 
-def target_logprobs(hidden, weight, bias, targets, chunk: int = DEFAULT_LOGIT_CHUNK, stats=None, dtype=None):
+def target_logprobs(hidden, weight, bias, targets, chunk: int = DEFAULT_LOGIT_CHUNK, stats=None, dtype=None, sq_stats=None):
     """``log_softmax(hidden @ weight.T + bias)[i, targets[i]]`` without holding all the logits.
 
     When ``stats`` is a list, ``(entropy, mean_logits, is_top1)`` of each chunk is appended to it.
     ``dtype`` (without gradient only): the log-softmax's dtype (default: the logits').
+    When ``sq_stats`` is a list, each chunk's ``log sum_v p(v)^2`` (WPO) is appended to it.
     """
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         if dtype is not None:
             raise DpoPluginsError("a log-softmax dtype is for scoring without gradient")
-        return _TargetLogProbs.apply(hidden, weight, bias, targets, chunk, stats)
-    return _forward_chunks(hidden, weight, bias, targets, chunk, stats, dtype)
+        return _TargetLogProbs.apply(hidden, weight, bias, targets, chunk, stats, sq_stats)
+    return _forward_chunks(hidden, weight, bias, targets, chunk, stats, dtype, sq_stats)
 
 
-def _forward_chunks(hidden, weight, bias, targets, chunk, stats, dtype=None):
+def _forward_chunks(hidden, weight, bias, targets, chunk, stats, dtype=None, sq_stats=None):
     out = []
     for h, t in _chunks(hidden, targets, chunk):
         logps, logits, lse = _chunk_logprobs(h, weight, bias, t, dtype)
@@ -306,6 +326,9 @@ def _forward_chunks(hidden, weight, bias, targets, chunk, stats, dtype=None):
                 probs = (logits - lse[:, None]).exp_()
                 entropy = lse - (probs * logits).sum(-1)
                 stats.append((entropy, logits.mean(-1), (logits.argmax(-1) == t).float()))
+        if sq_stats is not None:
+            with torch.no_grad():  # log sum_v p^2 = logsumexp(2 * logits) - 2 * logsumexp(logits)
+                sq_stats.append((2 * logits).logsumexp(-1) - 2 * lse)
     return torch.cat(out) if out else hidden.new_zeros(0)
 
 
@@ -329,10 +352,10 @@ class _TargetLogProbs(torch.autograd.Function):
     """Chunked target log-probs whose backward recomputes each chunk's logits instead of storing them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, stats):
+    def forward(ctx, hidden, weight, bias, targets, chunk, stats, sq_stats=None):
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk = chunk
-        return _forward_chunks(hidden, weight, bias, targets, chunk, stats)
+        return _forward_chunks(hidden, weight, bias, targets, chunk, stats, sq_stats=sq_stats)
 
     @staticmethod
     def backward(ctx, grad):
@@ -354,4 +377,4 @@ class _TargetLogProbs(torch.autograd.Function):
                 grad_weight.addmm_(grad_logits.T, h)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -48,6 +49,7 @@ class RefCacheKey:
     tokenizer: str
     max_length: Optional[int]
     truncation_mode: str
+    ld_alpha: Optional[float] = None  # LD-DPO's sums are another quantity than the plain ones
 
     def digest(self) -> str:
         payload = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
@@ -94,13 +96,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def make_key(pairs: Sequence[dict], model, tokenizer, max_length: Optional[int], truncation_mode: str) -> RefCacheKey:
+def make_key(pairs: Sequence[dict], model, tokenizer, max_length: Optional[int], truncation_mode: str,
+             ld_alpha: Optional[float] = None) -> RefCacheKey:
     return RefCacheKey(
         dataset=pairs_fingerprint(pairs),
         model=model_fingerprint(model),
         tokenizer=tokenizer_fingerprint(tokenizer),
         max_length=max_length,
         truncation_mode=truncation_mode,
+        ld_alpha=ld_alpha,
     )
 
 
@@ -182,25 +186,37 @@ def reference_logps(
     truncation_mode: str = "keep_start",
     batch_size: int = 8,
     cache: Optional[RefLogpsCache] = None,
+    ld_alpha: Optional[float] = None,
 ):
     """``(chosen, rejected, hit)``: float64 reference log-prob sums of ``pairs``, from the cache when valid.
 
     On a miss they are computed with the packed forward without gradient,
     ``batch_size`` pairs at a time, the log-softmax in float64 as in ``dpo
     eval``, and stored. The results do not depend on ``batch_size``.
+    With ``ld_alpha`` they are LD-DPO's sums (:func:`.modifiers.ld_sums`).
     """
     cache = cache or RefLogpsCache()
-    key = make_key(pairs, model, tokenizer, max_length, truncation_mode)
+    key = make_key(pairs, model, tokenizer, max_length, truncation_mode, ld_alpha)
 
     def compute():
         chosen, rejected = [], []
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
                 out = pair_logps(model, pairs[start : start + batch_size], max_length, truncation_mode,
-                                 logps_dtype=torch.float64)
+                                 logps_dtype=torch.float64, per_token=ld_alpha is not None)
+                if ld_alpha is not None:
+                    out = _ld_pair_sums(*out, ld_alpha)
                 chosen.append(out.chosen.cpu())
                 rejected.append(out.rejected.cpu())
         empty = torch.zeros(0, dtype=torch.float64)
         return (torch.cat(chosen), torch.cat(rejected)) if pairs else (empty, empty)
 
     return cache.get_or_compute(key, len(pairs), compute)
+
+
+def _ld_pair_sums(sums, tokens, ld_alpha):
+    """``sums`` with LD-DPO's length-desensitised chosen/rejected sums in place of the plain ones."""
+    from .modifiers import ld_sums
+
+    chosen, rejected = ld_sums(tokens, ld_alpha).chunk(2, dim=0)
+    return dataclasses.replace(sums, chosen=chosen, rejected=rejected)

@@ -34,7 +34,6 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from dpo_plugins.errors import DpoPluginsError, HealthCheckError
-from dpo_plugins.specs import LossBatch
 
 from .loss_selection import select_losses
 from .packing import unsupported_reason
@@ -91,16 +90,30 @@ class PairForward:
     rejected_lengths: Any
     token_stats: Optional[TokenStats] = None
     aux_loss: Any = None
+    # loss API v2: per-token log-probs (a token_logps.TokenLogps) when the losses or modifiers need them;
+    # ref_tokens only for LD-DPO with a per-step reference forward.
+    tokens: Any = None
+    ref_tokens: Any = None
 
-    def loss_batch(self) -> LossBatch:
-        return LossBatch(
-            self.chosen_logps,
-            self.rejected_logps,
-            self.ref_chosen_logps,
-            self.ref_rejected_logps,
-            self.chosen_lengths,
-            self.rejected_lengths,
-        )
+
+
+@contextlib.contextmanager
+def _settings_trl_accepts(args, forward_needs):
+    """Loss API v2: ``DPOTrainer.__init__`` checks the modifiers and ``label_smoothing`` against TRL's own
+    loss names (which a plugin's is not, and a built-in's parameters have their own defaults; ours were
+    checked against the losses' declarations), and adds WPO's statistic to its fused LM head only under
+    ``use_weighting``. Show it settings it accepts, then restore the user's (only TRL's loss chain, which
+    this trainer replaces, reads them afterwards)."""
+    accepted = {"loss_type": ["sigmoid"], "f_divergence_type": "reverse_kl",
+                "use_weighting": "log_sum_sq_probs" in forward_needs}
+    saved = {name: getattr(args, name) for name in accepted}
+    for name, value in accepted.items():
+        setattr(args, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(args, name, value)
 
 
 class PluginDPOTrainer(DPOTrainer):
@@ -131,6 +144,11 @@ class PluginDPOTrainer(DPOTrainer):
         # dpo train selects (and checks) the losses before loading anything and hands them over
         self.loss_terms = loss_terms or select_losses(args, loss_params, ref_model is not None)
         self.needs_reference = any(term.needs_reference for term in self.loss_terms)
+        # -- loss API v2: what the forward computes, and the modifiers (checked above against the losses) --
+        from .modifiers import forward_needs
+
+        self.forward_needs = forward_needs(self.loss_terms, args)
+        # -- end of loss API v2 block --
         self.check_reference = check_reference and self.needs_reference
         # Health checks still to run, and how many logs in a row sat at ln 2.
         self._reference_checked = not self.check_reference
@@ -138,13 +156,15 @@ class PluginDPOTrainer(DPOTrainer):
         self._ln2_logs = 0
         logger.info("loss = %s", " + ".join(term.describe() for term in self.loss_terms))
         if self.needs_reference:
-            super().__init__(model, ref_model, args, **kwargs)
+            with _settings_trl_accepts(args, self.forward_needs):
+                super().__init__(model, ref_model, args, **kwargs)
             return
         # TRL loads a reference model unless the reference log-probs are
         # precomputed; claim they are, and precompute nothing.
         args.precompute_ref_log_probs = True
         try:
-            super().__init__(model, None, args, **kwargs)
+            with _settings_trl_accepts(args, self.forward_needs):
+                super().__init__(model, None, args, **kwargs)
         finally:
             args.precompute_ref_log_probs = False
         self.precompute_ref_logps = False
@@ -165,7 +185,7 @@ class PluginDPOTrainer(DPOTrainer):
         with self._reference_context():
             chosen, rejected, hit = reference_logps(
                 reference, self.processing_class, pairs, self.args.max_length, self.args.truncation_mode, batch_size,
-                self.ref_cache,
+                self.ref_cache, ld_alpha=self.args.ld_alpha,  # loss API v2: LD-DPO's reference sums
             )
         logger.info("reference log-probs for %s: %s", name, "read from the cache" if hit else "computed and cached")
         return dataset.add_column("ref_chosen_logps", chosen.tolist()).add_column("ref_rejected_logps", rejected.tolist())
@@ -219,6 +239,16 @@ class PluginDPOTrainer(DPOTrainer):
                 ref_outputs = reference(**ref_kwargs, labels=labels, fused_lm_head=True)
             ref_chosen_logps, ref_rejected_logps = ref_outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
 
+        # -- loss API v2: per-token log-probs, for the losses and modifiers that need them --
+        tokens = ref_tokens = None
+        if "tokens" in self.forward_needs:
+            from .token_logps import TokenLogps
+
+            sq = outputs.log_sum_sq_probs[:, -seq_len:] if "log_sum_sq_probs" in self.forward_needs else None
+            tokens = TokenLogps.from_sequences(outputs.log_probs[:, -seq_len:], completion_mask[..., 1:], sq)
+            if self.args.ld_alpha is not None and self.needs_reference and not self.precompute_ref_logps:
+                ref_tokens = TokenLogps.from_sequences(ref_outputs.log_probs[:, -seq_len:], completion_mask[..., 1:])
+        # -- end of loss API v2 block --
         return PairForward(
             chosen_logps,
             rejected_logps,
@@ -228,13 +258,20 @@ class PluginDPOTrainer(DPOTrainer):
             rejected_lengths,
             token_stats=_token_stats(outputs, completion_mask[..., 1:], seq_len),
             aux_loss=outputs.aux_loss if self.aux_loss_enabled else None,
+            tokens=tokens,
+            ref_tokens=ref_tokens,
         )
 
     def _packed_pair_logps(self, model, inputs) -> PairForward:
         """The same sums from the prefix-shared, packed forward (:mod:`dpo_plugins.adapters.packing`)."""
         from dpo_plugins.adapters.packing import collated_pair_logps
 
-        policy, sums = collated_pair_logps(model, inputs, token_sums=True)
+        # loss API v2: per-token log-probs (and WPO's statistic) only when the losses or modifiers need them
+        per_token, log_sum_sq = "tokens" in self.forward_needs, "log_sum_sq_probs" in self.forward_needs
+        out = collated_pair_logps(model, inputs, token_sums=True, per_token=per_token, log_sum_sq=log_sum_sq)
+        (policy, sums), tokens = out[:2], (out[2] if per_token else None)
+        ref_ld = self.args.ld_alpha is not None and self.needs_reference and not self.precompute_ref_logps
+        ref_tokens = None
         ref_chosen_logps = ref_rejected_logps = None
         if self.needs_reference and self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -243,7 +280,10 @@ class PluginDPOTrainer(DPOTrainer):
             with torch.no_grad(), disable_gradient_checkpointing(
                 self.model, self.args.gradient_checkpointing_kwargs
             ), self._reference_context():
-                ref = collated_pair_logps(reference, inputs)
+                if ref_ld:
+                    ref, _, ref_tokens = collated_pair_logps(reference, inputs, per_token=True)
+                else:
+                    ref = collated_pair_logps(reference, inputs)
             ref_chosen_logps, ref_rejected_logps = ref.chosen, ref.rejected
         stats = TokenStats(
             entropy_sum=(sums.chosen_entropy + sums.rejected_entropy).sum(),
@@ -261,6 +301,8 @@ class PluginDPOTrainer(DPOTrainer):
             policy.chosen_lengths,
             policy.rejected_lengths,
             token_stats=stats,
+            tokens=tokens,
+            ref_tokens=ref_tokens,
         )
 
     def _reference_context(self):
@@ -282,16 +324,17 @@ class PluginDPOTrainer(DPOTrainer):
             )
         mode = "train" if self.model.training else "eval"
         forward = self.compute_pair_logps(model, inputs)
-        batch = forward.loss_batch()
-        loss = 0.0
-        for term in self.loss_terms:
-            per_pair = term.fn(batch, self.beta, **term.params)
-            if getattr(per_pair, "shape", None) != forward.chosen_logps.shape:
-                raise DpoPluginsError(
-                    f"loss {term.name!r} returned shape {tuple(getattr(per_pair, 'shape', ()))}, "
-                    f"expected one value per pair {tuple(forward.chosen_logps.shape)}"
-                )
-            loss += per_pair.mean() * term.weight
+        # -- loss API v2: LD-DPO sums, f-divergence scores, token fields, WPO weights, the losses' metrics --
+        from .loss_eval import build_loss_batch, combined_loss, with_ld_sums
+
+        forward = with_ld_sums(forward, self.args.ld_alpha)
+        batch = build_loss_batch(forward, self.forward_needs, self.args.f_divergence_type,
+                                 self.args.f_alpha_divergence_coef)
+        loss, loss_metrics = combined_loss(self.loss_terms, batch, self.beta, forward.tokens, self.args.use_weighting)
+        for name, value in loss_metrics.items():
+            value = torch.as_tensor(value, device=forward.chosen_logps.device).detach().float()
+            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
+        # -- end of loss API v2 block --
         if forward.aux_loss is not None:
             loss = loss + self.router_aux_loss_coef * forward.aux_loss
             self._metrics[mode]["aux_loss"].append(

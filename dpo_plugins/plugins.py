@@ -34,6 +34,8 @@ ENTRY_POINT_GROUP = "dpo_plugins"
 DEFAULT_PLUGINS = (
     "dpo_plugins.default_plugins.formats",
     "dpo_plugins.default_plugins.losses",
+    "dpo_plugins.default_plugins.reference_free_losses",
+    "dpo_plugins.default_plugins.research_losses",
     "dpo_plugins.default_plugins.judges",
     "dpo_plugins.default_plugins.merge_methods",
     "dpo_plugins.default_plugins.checks",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, FrozenSet, Mapping, Optional, Tuple
 
 
 def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -60,12 +60,40 @@ class Format:
     max_example_tokens: Optional[int] = None
 
 
+# -- Loss API v2: what a loss may ask for (``Loss.needs``) and opt into (``Loss.modifiers``) --
+# "tokens": per-token policy log-probs and masks of both completions;
+# "log_sum_sq_probs": per-token log sum_v p(v)^2 (WPO's statistic), computed inside the chunked LM head.
+LOSS_NEEDS = frozenset({"tokens", "log_sum_sq_probs"})
+# TRL's DPOConfig modifiers a loss can be run under: f_divergence_type (the loss reads
+# ``chosen_scores``/``rejected_scores``), use_weighting (WPO: the trainer multiplies the loss's
+# per-pair values by the pair's weight), ld_alpha (LD-DPO: the summed log-probs are length-desensitised).
+LOSS_MODIFIERS = frozenset({"f_divergence", "weighting", "ld_alpha"})
+
+
 @dataclass(frozen=True)
 class LossBatch:
-    """What a loss function sees: per-pair sums over completion tokens.
+    """What a loss function sees: the local batch of pairs, at once.
 
-    All tensors have shape ``(B,)``. ``ref_*`` are ``None`` when the run has
-    no reference model (a loss with ``needs_reference=False``).
+    The first six fields are per-pair sums over completion tokens, shape
+    ``(B,)`` (under ``ld_alpha`` the sums are LD-DPO's length-desensitised
+    ones, for the reference too). ``ref_*`` are ``None`` when the run has no
+    reference model (a loss with ``needs_reference=False``).
+
+    The rest is optional (``None`` unless some selected loss asks for it in
+    ``Loss.needs``, so a loss that reads only sums costs what it did before):
+
+    * ``chosen_scores`` / ``rejected_scores`` ``(B,)``: the log-ratios
+      ``logps - ref_logps`` mapped through the run's f-divergence (TRL's
+      ``f_divergence_type``; equal to the log-ratios under ``reverse_kl``).
+      Present whenever there is a reference.
+    * ``chosen_token_logps`` / ``rejected_token_logps`` ``(B, T)`` with
+      boolean ``chosen_token_mask`` / ``rejected_token_mask`` (``needs``
+      ``"tokens"``): the policy's log-prob of every completion token, with
+      gradient; masked-out entries are 0. The masked-in entries of a row are
+      that completion's tokens in order (columns are not otherwise meaningful).
+    * ``chosen_token_log_sum_sq_probs`` / ``rejected_...`` ``(B, T)``
+      (``needs`` ``"log_sum_sq_probs"``): ``log sum_v p(v)^2`` of the policy's
+      next-token distribution at each completion token, without gradient.
     """
 
     chosen_logps: Any
@@ -74,16 +102,33 @@ class LossBatch:
     ref_rejected_logps: Any
     chosen_lengths: Any
     rejected_lengths: Any
+    chosen_scores: Any = None
+    rejected_scores: Any = None
+    chosen_token_logps: Any = None
+    rejected_token_logps: Any = None
+    chosen_token_mask: Any = None
+    rejected_token_mask: Any = None
+    chosen_token_log_sum_sq_probs: Any = None
+    rejected_token_log_sum_sq_probs: Any = None
 
 
 @dataclass(frozen=True)
 class Loss:
-    """A DPO loss variant: ``fn(batch: LossBatch, beta, **params) -> (B,)``.
+    """A DPO loss variant: ``fn(batch: LossBatch, beta, **params)``.
+
+    ``fn`` returns one value per pair, shape ``(B,)`` (the trainer averages
+    it), or ``(per_pair, metrics)`` where ``metrics`` maps names to scalars
+    that are logged as ``NAME/METRIC`` next to TRL's metrics. ``fn`` sees the
+    whole local batch at once, so a batch-level loss (one that sorts or
+    normalises across pairs) is an ordinary loss.
 
     ``params`` holds the defaults of the loss's own parameters; users
     override them with ``--loss-param k=v``. A loss that never reads the
     reference log-probs sets ``needs_reference=False`` and training then
-    loads no reference model.
+    loads no reference model. ``needs`` (a subset of :data:`LOSS_NEEDS`)
+    asks the forward for token-level fields of :class:`LossBatch`;
+    ``modifiers`` (a subset of :data:`LOSS_MODIFIERS`) lists the TRL
+    modifiers the loss is valid under: the others are refused when set.
     """
 
     kind: ClassVar[str] = "loss"
@@ -93,9 +138,19 @@ class Loss:
     needs_reference: bool = True
     params: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    needs: FrozenSet[str] = frozenset()
+    modifiers: FrozenSet[str] = frozenset()
 
     def __post_init__(self):
         object.__setattr__(self, "params", _freeze(self.params))
+        for attribute, allowed in (("needs", LOSS_NEEDS), ("modifiers", LOSS_MODIFIERS)):
+            values = frozenset(getattr(self, attribute))
+            if values - allowed:
+                raise ValueError(
+                    f"Loss {self.name!r}: unknown {attribute} {sorted(values - allowed)} "
+                    f"(known: {', '.join(sorted(allowed))})"
+                )
+            object.__setattr__(self, attribute, values)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ def test_the_key_follows_data_weights_config_tokenizer_and_truncation(model, tok
         ref_cache.make_key(PAIRS, model, templated, 32, "keep_start"),
         ref_cache.make_key(PAIRS, model, tokenizer, 64, "keep_start"),
         ref_cache.make_key(PAIRS, model, tokenizer, 32, "keep_end"),
+        ref_cache.make_key(PAIRS, model, tokenizer, 32, "keep_start", ld_alpha=0.5),  # LD-DPO's sums
     ]
     digests = {base.digest()} | {v.digest() for v in variants}
     assert len(digests) == 1 + len(variants)

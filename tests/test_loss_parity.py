@@ -1,0 +1,165 @@
+"""Every TRL 1.16 DPO loss type and modifier as a plugin, step for step against stock ``DPOTrainer``.
+
+Each case trains a tiny fp32 model for 3 SGD steps with stock TRL and with
+:class:`PluginDPOTrainer`, and compares per-step losses, logged metrics,
+per-parameter gradients and final weights (``assert_same_training``: 1e-5)
+on the forwards of :data:`PATHS`: ``cached`` (the ``dpo train`` default:
+prefix-shared packed forward, reference log-probs precomputed through the
+on-disk cache), ``trl`` (``packed_forward=False``: TRL's two-row forward and
+per-step reference; what ``--trl-forward`` selects) and ``packed`` (packed
+forward, per-step packed reference: for the LD-DPO cases, whose reference
+side differs there, and for the steep losses of :data:`STEEP`).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from test_train import assert_same_training, dpo_config, make_trainer
+
+# (loss_type, loss_weights, DPOConfig overrides); beta 0.5 moves the tiny model visibly in 3 steps.
+LOSS_CASES = [
+    (["sigmoid"], None, {}),
+    (["hinge"], None, {}),
+    (["ipo"], None, {}),
+    (["exo_pair"], None, {"label_smoothing": 1e-3}),
+    (["nca_pair"], None, {}),
+    (["robust"], None, {"label_smoothing": 0.2}),
+    (["bco_pair"], None, {}),
+    (["sppo_hard"], None, {}),
+    (["aot"], None, {"label_smoothing": 0.1, "per_device_train_batch_size": 4}),
+    (["aot_unpaired"], None, {"per_device_train_batch_size": 4}),
+    (["apo_zero"], None, {}),
+    (["apo_down"], None, {}),
+    (["discopop"], None, {"discopop_tau": 1.0}),  # its curvature grows as 1/tau^2: see STEEP
+    (["sft"], None, {}),
+    (["sigmoid_norm"], None, {}),
+    # weighted combinations: TRL's rpo_alpha replacement, and the MPO recipe
+    (["sigmoid", "sft"], [0.8, 0.2], {}),
+    (["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], {}),
+    # modifiers
+    (["apo_zero"], None, {"use_weighting": True}),
+    # (TRL 1.16 itself fails on sft under use_weighting: it scales sft's expanded scalar in place.)
+    (["sigmoid", "bco_pair"], [0.8, 0.2], {"use_weighting": True}),
+    (["ipo"], None, {"ld_alpha": 0.5}),
+    (["sigmoid", "sft"], [1.0, 0.5], {"ld_alpha": 0.3}),
+    (["sigmoid"], None, {"f_divergence_type": "forward_kl"}),
+    (["sigmoid"], None, {"f_divergence_type": "js_divergence"}),
+    (["sigmoid"], None, {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3}),
+    (["hinge", "sigmoid_norm"], [1.0, 0.5], {"f_divergence_type": "js_divergence"}),
+]
+# Plain SGD, not AdamW: Adam's first update lr * g / (|g| + eps) turns float32 rounding differences on
+# near-zero gradients into 1e-4 weight differences (the cached reference is float64, TRL's per-step one
+# float32, so at step 1 the log-ratios are 0 in TRL and ~1e-6 here), and steep losses (sppo_hard,
+# discopop) carry that into 2e-5 loss differences at step 3. SGD keeps every update linear in the
+# gradient, so the comparison is of what the trainer computes; gradients are compared at 1e-5 each step.
+OPTIMIZER = {"optim": "sgd", "learning_rate": 0.3}
+PATHS = {
+    # the `dpo train` default: packed forward, reference log-probs precomputed once through the on-disk cache
+    "cached": dict(packed_forward=True, precompute_ref_log_probs=True),
+    # TRL's two-row forward and per-step reference forward
+    "trl": dict(packed_forward=False, precompute_ref_log_probs=False),
+    # packed forward for the policy and a per-step packed reference forward
+    "packed": dict(packed_forward=True, precompute_ref_log_probs=False),
+}
+# The packed per-step reference path for the cases whose reference side differs there (LD-DPO's token split).
+PACKED_CASES = [case for case in LOSS_CASES if "ld_alpha" in case[2]] + [(["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], {})]
+REWARD_METRICS = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
+
+
+def case_id(case):
+    names, weights, overrides = case
+    label = "+".join(names)
+    return label + "".join(f"-{k}={v}" for k, v in overrides.items() if k not in ("per_device_train_batch_size",))
+
+
+# Losses steep enough at a zero margin (discopop's sigmoid(logits / tau) blend, sppo_hard's squares) carry
+# the cached reference's float64-vs-float32 rounding (~1e-6 in the step-1 log-ratios) into ~2e-5 loss and
+# grad_norm differences by step 3; they run the packed forward with a per-step packed reference instead.
+STEEP = {"sppo_hard", "discopop"}
+
+
+def paths_for(case):
+    return ["packed" if STEEP & set(case[0]) else "cached", "trl"]
+
+
+@pytest.mark.parametrize(
+    "case, path", [pytest.param(case, path, id=f"{case_id(case)}-{path}") for case in LOSS_CASES for path in paths_for(case)]
+)
+def test_every_trl_loss_and_modifier_trains_exactly_like_trl(tokenizer, tmp_path, case, path):
+    check_case(tokenizer, tmp_path, case, path)
+
+
+@pytest.mark.parametrize("case", PACKED_CASES, ids=case_id)
+def test_the_packed_per_step_reference_trains_exactly_like_trl(tokenizer, tmp_path, case):
+    check_case(tokenizer, tmp_path, case, "packed")
+
+
+def check_case(tokenizer, tmp_path, case, path):
+    from trl import DPOTrainer
+
+    from dpo_plugins.adapters.trl import PluginDPOTrainer
+
+    names, weights, overrides = case
+    settings = dict(loss_type=list(names), loss_weights=weights, beta=0.5, **OPTIMIZER)
+    settings.update(overrides)
+    stock = make_trainer(DPOTrainer, tokenizer, dpo_config(tmp_path, "stock", **settings))
+    options = dict(PATHS[path])
+    packed = options.pop("packed_forward")
+    # sft alone reads no reference: ours loads none, so TRL's rewards/* (log-ratios) have no counterpart.
+    reference_free = names == ["sft"]
+    if reference_free:
+        options["precompute_ref_log_probs"] = False
+    ours = make_trainer(PluginDPOTrainer, tokenizer, dpo_config(tmp_path, "ours", **settings, **options),
+                        with_reference=not reference_free, packed_forward=packed)
+    assert [term.name for term in ours.loss_terms] == names
+    ignore = set(REWARD_METRICS) if reference_free else set()
+    if options.get("precompute_ref_log_probs"):
+        # At step 1 the policy is the reference: TRL's log-ratios are exactly 0 (one computation twice), the
+        # cached ones float32-vs-float64 rounding (~1e-7), so "chosen reward > rejected reward" counts noise.
+        # The rewards themselves (and everything else) are still compared to 1e-5.
+        ignore.add("rewards/accuracies")
+    assert_same_training(stock, ours, ignore_metrics=ignore)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "names, weights, overrides",
+    [
+        (["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], {}),
+        (["apo_zero"], None, {"use_weighting": True}),
+        (["ipo"], None, {"ld_alpha": 0.5, "beta": 0.5}),
+        (["sigmoid"], None, {"f_divergence_type": "js_divergence"}),
+    ],
+    ids=["mpo", "apo_zero-wpo", "ipo-ld", "sigmoid-js"],
+)
+def test_smollm2_on_hh_pairs_with_token_level_losses_and_modifiers(smollm2_dir, tokenizer, tmp_path, names, weights,
+                                                                    overrides):
+    """The real SmolLM2-135M on real HH pairs, default (cached, packed) path vs stock TRL: within 1e-3."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    from dpo_plugins.adapters.trl import PluginDPOTrainer
+    from test_train import hh_rows, step_losses
+
+    def trainer(trainer_class, name, **extra):
+        settings = dict(loss_type=names, loss_weights=weights, learning_rate=1e-5, max_length=256,
+                        per_device_train_batch_size=2, max_steps=2)
+        settings.update(overrides)
+        return trainer_class(
+            model=AutoModelForCausalLM.from_pretrained(smollm2_dir),
+            ref_model=AutoModelForCausalLM.from_pretrained(smollm2_dir),
+            args=dpo_config(tmp_path, name, **settings, **extra),
+            train_dataset=Dataset.from_list(hh_rows(4)),
+            processing_class=tokenizer,
+        )
+
+    stock, ours = trainer(DPOTrainer, "stock"), trainer(PluginDPOTrainer, "ours", precompute_ref_log_probs=True)
+    stock.train()
+    ours.train()
+    assert step_losses(ours) == pytest.approx(step_losses(stock), abs=1e-3, rel=0)
+    for stock_entry, our_entry in zip(stock.state.log_history, ours.state.log_history):
+        for key in ("logps/chosen", "logps/rejected", "rewards/margins"):
+            if key in stock_entry:
+                assert our_entry[key] == pytest.approx(stock_entry[key], abs=1e-3, rel=1e-4), key
