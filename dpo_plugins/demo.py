@@ -46,7 +46,7 @@ def run_demo(output_dir: Path, settings: DemoSettings = DemoSettings(), data: Pa
     steps.run("validate the Azure preference file", "validate", data, "--from", "azure", "--profile", "azure")
     pairs = output_dir / "pairs.hf.jsonl"
     steps.run("convert Azure -> TRL pairs", "convert", data, pairs, "--from", "azure", "--to", "hf")
-    train, heldout = _split(pairs, output_dir, s.train_pairs, s.heldout_pairs)
+    train, heldout = split_pairs(pairs, output_dir, s.train_pairs, s.heldout_pairs)
     common = ["--data", heldout, "--max-length", s.max_length, "--no-progress"]
     steps.run("reward accuracy of the base model (reference-free)", "eval", "--model", s.model,
               "--reward-mode", "ref-free-mean", "--report", output_dir / "eval-before", *common)
@@ -89,7 +89,7 @@ class _Steps:
         print(f"    done in {elapsed:.1f}s", flush=True)
 
 
-def _split(pairs: Path, output_dir: Path, train_count: int, heldout_count: int) -> tuple[Path, Path]:
+def split_pairs(pairs: Path, output_dir: Path, train_count: int, heldout_count: int) -> tuple[Path, Path]:
     """The first pairs train; the last ones are held out (no overlap)."""
     lines = pairs.read_text(encoding="utf-8").splitlines(keepends=True)
     if len(lines) < train_count + heldout_count:

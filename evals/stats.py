@@ -149,9 +149,55 @@ def combine_orders(first_order: Sequence[str], swapped_order: Sequence[str]) -> 
     return outcomes
 
 
+PREFERENCE_TIE_EPSILON = 1e-9
+
+
+def is_probability(judgement) -> bool:
+    """A scoring judge's answer for one order: P(the first-shown output is better)."""
+    return isinstance(judgement, float) and 0.0 <= judgement <= 1.0
+
+
+def order_verdict(probability: float) -> str:
+    """The verdict one order's probability implies (for position consistency)."""
+    return "a" if probability > 0.5 else "b" if probability < 0.5 else "tie"
+
+
+def combine_probabilities(first_order: Sequence[float], swapped_order: Sequence[float],
+                          epsilon: float = PREFERENCE_TIE_EPSILON) -> tuple[list[float], list[str]]:
+    """Preferences for the policy and outcomes from a scoring judge's two orders.
+
+    ``first_order`` is P(policy better) with the policy shown first,
+    ``swapped_order`` P(baseline better) with the baseline shown first; the
+    preference is their average, ``(p1 + 1 - p2) / 2``, so a judge that adds
+    the same pull towards one slot in both orders has it cancel. A tie only
+    when the preference is within ``epsilon`` of 1/2: identical outputs give
+    1/2 up to float rounding.
+    """
+    preferences = [(p1 + 1.0 - p2) / 2 for p1, p2 in zip(first_order, swapped_order)]
+    outcomes = ["win" if p > 0.5 + epsilon else "loss" if p < 0.5 - epsilon else "tie" for p in preferences]
+    return preferences, outcomes
+
+
 def win_rate_metrics(first_order, swapped_order, policy_lengths, baseline_lengths) -> dict:
-    """Every win-rate number for ``metrics.json`` from the two orders' verdicts."""
-    outcomes = combine_orders(first_order, swapped_order)
+    """Every win-rate number for ``metrics.json`` from the two orders' verdicts or probabilities.
+
+    With verdicts a win needs both orders (:func:`combine_orders`); with a
+    scoring judge's probabilities the two orders are averaged
+    (:func:`combine_probabilities`) and ``soft_win_rate`` is the mean
+    preference (AlpacaEval's win rate for such annotators).
+    ``first_position_rate`` measures position bias either way: the judge's
+    mean preference for whichever output it was shown first (ties and
+    probabilities count as they fall), 0.5 for an unbiased judge.
+    """
+    soft_win_rate = None
+    if first_order and all(is_probability(p) for p in (*first_order, *swapped_order)):
+        preferences, outcomes = combine_probabilities(first_order, swapped_order)
+        soft_win_rate = sum(preferences) / len(preferences)
+        first_position = [*first_order, *swapped_order]
+        first_order, swapped_order = [order_verdict(p) for p in first_order], [order_verdict(p) for p in swapped_order]
+    else:
+        outcomes = combine_orders(first_order, swapped_order)
+        first_position = [{"a": 1.0, "b": 0.0, "tie": 0.5}[v] for v in (*first_order, *swapped_order)]
     counts = outcome_counts(outcomes)
     lc, lc_note = length_controlled_win_rate(outcomes, policy_lengths, baseline_lengths)
     n = len(outcomes)
@@ -163,6 +209,8 @@ def win_rate_metrics(first_order, swapped_order, policy_lengths, baseline_length
         "lc_win_rate": lc,
         "lc_win_rate_note": lc_note,
         "position_consistency": position_consistency(first_order, swapped_order),
+        "first_position_rate": sum(first_position) / len(first_position) if first_position else None,
+        "soft_win_rate": soft_win_rate,
         "avg_len_policy": sum(policy_lengths) / n if n else None,
         "avg_len_baseline": sum(baseline_lengths) / n if n else None,
     }

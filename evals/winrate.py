@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from dpo_plugins.errors import DpoPluginsError, PluginError
 
-from .stats import combine_orders, win_rate_metrics
+from .stats import combine_orders, combine_probabilities, is_probability, order_verdict, win_rate_metrics
 
 VERDICTS = ("a", "b", "tie")
 
@@ -156,11 +156,24 @@ def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs
         settings["references"] = list(references)
     first = _verdicts(judge, provider, prompts, policy_outputs, baseline_outputs, settings)
     swapped = _verdicts(judge, provider, prompts, baseline_outputs, policy_outputs, settings)
+    scored = is_probability(first[0]) if first else False
+    if any(is_probability(v) != scored for v in (*first, *swapped)):
+        raise PluginError(f"judge {judge_name!r} from {provider} mixed verdicts and probabilities; return one kind")
     metrics = win_rate_metrics(first, swapped, [len(o) for o in policy_outputs], [len(o) for o in baseline_outputs])
     shown = {k: ("<redacted>" if _secret(k) else v) for k, v in settings.items() if k != "references"}
     metrics["judge"] = judge_name
     metrics["judge_info"] = {"name": judge_name, "provider": provider, "params": shown,
                              "orders": "both (policy first, then baseline first); a win only when both agree"}
+    if scored:
+        preferences, outcomes = combine_probabilities(first, swapped)
+        rows = [
+            {"prompt": prompt, "policy_output": p, "baseline_output": b, "verdict_policy_first": order_verdict(x),
+             "verdict_baseline_first": order_verdict(y), "p_first_better_policy_first": x,
+             "p_first_better_baseline_first": y, "preference": preference, "outcome": outcome}
+            for prompt, p, b, x, y, preference, outcome in zip(prompts, policy_outputs, baseline_outputs, first,
+                                                               swapped, preferences, outcomes)
+        ]
+        return metrics, rows
     rows = [
         {"prompt": prompt, "policy_output": p, "baseline_output": b, "verdict_policy_first": x,
          "verdict_baseline_first": y, "outcome": outcome}
@@ -184,8 +197,9 @@ def _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings) -> list[
         raise
     except Exception as error:
         raise PluginError(f"judge {judge.name!r} from {provider} failed: {type(error).__name__}: {error}") from error
-    bad = [v for v in verdicts if v not in VERDICTS]
+    bad = [v for v in verdicts if v not in VERDICTS and not is_probability(v)]
     if len(verdicts) != len(prompts) or bad:
         raise PluginError(f"judge {judge.name!r} from {provider} returned {len(verdicts)} verdicts for "
-                          f"{len(prompts)} prompts{f', including {bad[:3]}' if bad else ''}; expected 'a', 'b' or 'tie' each")
+                          f"{len(prompts)} prompts{f', including {bad[:3]}' if bad else ''}; expected 'a', 'b' or 'tie' "
+                          "(or a probability in [0, 1] that a is better) each")
     return verdicts

@@ -145,3 +145,20 @@ def test_both_orders_combine_as_mt_bench():
     assert metrics["win_rate"] == 0.5 and metrics["avg_len_policy"] == 35 and metrics["avg_len_baseline"] == 5
     assert metrics["lc_win_rate"] is None and "fewer than 20" in metrics["lc_win_rate_note"]
     assert preference("tie") == 0.5
+
+
+def test_a_scoring_judges_two_orders_average_into_one_preference():
+    from dpo_plugins.evals.stats import PREFERENCE_TIE_EPSILON, combine_probabilities
+
+    first, swapped = [0.9, 0.6, 0.3, 0.7], [0.7, 0.6, 0.8, 0.3]  # P(first shown better), policy first / baseline first
+    preferences, outcomes = combine_probabilities(first, swapped)
+    assert preferences == pytest.approx([0.6, 0.5, 0.25, 0.7])
+    assert outcomes == ["win", "tie", "loss", "win"]
+    assert combine_probabilities([0.5 + 3 * PREFERENCE_TIE_EPSILON], [0.5])[1] == ["win"]
+    metrics = win_rate_metrics(first, swapped, [10, 20, 30, 40], [5] * 4)
+    assert (metrics["wins"], metrics["losses"], metrics["ties"]) == (2, 1, 1)
+    assert metrics["soft_win_rate"] == pytest.approx(sum([0.6, 0.5, 0.25, 0.7]) / 4)
+    assert metrics["first_position_rate"] == pytest.approx(sum(first + swapped) / 8)  # 0.6125: leans to slot A
+    assert metrics["position_consistency"] == 2 / 4  # b/a and a/b: the last two prompts only
+    verdicts = win_rate_metrics(["a", "a"], ["a", "b"], [1, 1], [1, 1])
+    assert verdicts["first_position_rate"] == 3 / 4 and verdicts["soft_win_rate"] is None
