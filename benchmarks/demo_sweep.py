@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from dpo_plugins.demo import DATA, split_pairs
-from evals.stats import wilson_interval
+from dpo_plugins.evals.stats import wilson_interval
 
 DEFAULTS = {"lr": None, "beta": 0.1, "max_length": 512, "steps": 36, "batch": 8}
 

@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from . import __version__
+from .console import silence_third_party_deprecations
 from .errors import DpoPluginsError
 from .plugins import load_module, load_plugins
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not args.accepts_extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_arguments = extra
+    silence_third_party_deprecations()
     try:
         load_plugins()
         for module in args.plugin:
