@@ -2,10 +2,12 @@
 
 A customer's hosted-DPO dataset (Azure OpenAI preference JSONL, shipped in
 ``dpo_plugins/data/demo/``) is validated, converted to TRL pairs, split into
-train and held-out pairs, and used to DPO-train a LoRA adapter on
-SmolLM2-135M-Instruct. Reward accuracy on the held-out pairs is measured
-before and after, and a judge compares the tuned model's answers with the
-base model's. Every step runs the same ``dpo`` subcommand a user would type,
+train and held-out pairs, and used to DPO-train SmolLM2-135M-Instruct.
+The implicit DPO reward accuracy on the held-out pairs, with its 95% Wilson
+interval, says whether training moved the model towards the preferred
+answers by more than chance; the reference-free accuracy is measured before
+and after, and a judge compares the tuned model's answers with the base
+model's. Every step runs the same ``dpo`` subcommand a user would type,
 so the demo exercises the product rather than a private path through it.
 """
 

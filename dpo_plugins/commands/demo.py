@@ -1,9 +1,11 @@
 """Run the main job on the embedded defaults (SmolLM2-135M-Instruct).
 
 Validates and converts a customer's Azure OpenAI preference file, DPO-trains
-a LoRA adapter on SmolLM2 with it, measures held-out reward accuracy before
-and after, judges the tuned model against the base model, and writes
-``report.md``, ``metrics.json`` and plots into ``--output``.
+SmolLM2 with it, measures held-out reward accuracy (the implicit DPO reward
+with its 95% interval, and reference-free before and after), judges the
+tuned model against the base model, and writes ``report.md``,
+``metrics.json``, plots and ``demo.log`` into ``--output``. The terminal
+shows one line per step and a summary.
 """
 
 from __future__ import annotations
