@@ -97,10 +97,11 @@ def test_a_position_biased_judge_yields_ties_not_wins(judge_server):
     assert (metrics["wins"], metrics["ties"], metrics["position_consistency"]) == (0, 3, 0.0)
 
 
-def test_openai_compatible_errors_are_clear(judge_server, capsys):
+def test_openai_compatible_errors_are_clear(judge_server, caplog):
     ScriptedJudgeServer.mode = "chatty"
-    metrics, _ = judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})
-    assert metrics["ties"] == 1 and "no [[A]]/[[B]]/[[C]] verdict" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="dpo_plugins.judges"):
+        metrics, _ = judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})
+    assert metrics["ties"] == 1 and "no [[A]]/[[B]]/[[C]] verdict" in caplog.text  # through logging, a warning
     ScriptedJudgeServer.mode = "error"
     with pytest.raises(DpoPluginsError, match="HTTP 500: overloaded"):
         judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})

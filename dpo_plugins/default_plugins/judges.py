@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 from typing import Any, Sequence
@@ -57,6 +57,7 @@ API_TEMPLATE = PAIRWISE_TEMPLATE.rsplit("\n\n", 1)[0] + (
     '"[[B]]" if B is better, or "[[C]]" for a tie.'
 )
 VERDICT_PATTERN = re.compile(r"\[\[(A|B|C)\]\]")
+logger = logging.getLogger("dpo_plugins.judges")
 
 
 def prompt_text(prompt: Any) -> str:
@@ -188,8 +189,8 @@ def openai_compatible(prompts, outputs_a, outputs_b, base_url=None, model=None, 
             unparsed += 1
         verdicts.append({"A": "a", "B": "b"}.get(found[-1], "tie") if found else "tie")
     if unparsed:
-        print(f"judge 'openai-compatible': {unparsed} of {len(verdicts)} replies had no [[A]]/[[B]]/[[C]] verdict; "
-              "counted as ties", file=sys.stderr)
+        logger.warning("judge 'openai-compatible': %d of %d replies had no [[A]]/[[B]]/[[C]] verdict; counted as ties",
+                       unparsed, len(verdicts))
     return verdicts
 
 
