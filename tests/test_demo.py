@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dpo_plugins.commands.demo import summary_lines
 from dpo_plugins.demo import OUTPUT_MARKER, DemoSettings, fresh_output_dir, run_demo
 from dpo_plugins.demo_report import smooth
 from dpo_plugins.errors import DpoPluginsError
@@ -52,6 +53,11 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
     assert "weak judge" in report and f"{100 * heldout['reward_accuracy_before']:.1f}%" in report
     assert f"{100 * implicit['accuracy']:.1f}% ({implicit['correct']}/{implicit['n_pairs']}; 95% CI" in report
     assert "lower bound above 50% means" in report
+
+    summary = summary_lines(metrics)
+    low, high = implicit["wilson_95"]
+    assert f"implicit DPO reward accuracy: {implicit['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})" in summary[0]
+    assert f"{win['wins']}W/{win['ties']}T/{win['losses']}L" in summary[2]
 
     console = capsys.readouterr()
     step_lines = [line for line in console.out.splitlines() if line.startswith("[")]
