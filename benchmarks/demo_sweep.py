@@ -61,12 +61,14 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int, threads: int) -> list[dict]:
+def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int, threads: int,
+              eval_only: bool = False) -> list[dict]:
+    """Train (unless ``eval_only``: a run stopped early keeps the checkpoints it saved) and score each checkpoint."""
     name = f"{run['kind']}-lr{run['lr']:g}-b{run['beta']:g}-L{run['max_length']}-s{run['steps']}"
     out = work / name
     lora = ["--lora"] if run["kind"] == "lora" else []
     load_before = load()
-    train_s = dpo("train", "--model", "smollm2", "--data", train, *lora, "--loss", "sigmoid",
+    train_s = None if eval_only else dpo("train", "--model", "smollm2", "--data", train, *lora, "--loss", "sigmoid",
                   "--beta", run["beta"], "--learning-rate", run["lr"], "--lr-scheduler-type", "constant",
                   "--max-steps", run["steps"], "--per-device-train-batch-size", run["batch"],
                   "--max-length", run["max_length"], "--gradient-checkpointing", "false", "--logging-steps", 1,
@@ -76,6 +78,8 @@ def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int
     rows = []
     for step in range(save_every, run["steps"] + 1, save_every):
         checkpoint = out / f"checkpoint-{step}"
+        if eval_only and not (checkpoint / "trainer_state.json").is_file():
+            continue
         report = out / f"eval-{step}"
         eval_s = dpo("eval", "--model", checkpoint, "--ref", "smollm2", "--reward-mode", "dpo", "--data", heldout,
                      "--max-length", run["max_length"], "--no-progress", "--report", report, threads=threads)
@@ -84,7 +88,8 @@ def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int
         correct = round(metrics["reward_accuracy"] * n)
         row = {**run, "at_step": step, "pairs_trained": step * run["batch"], "n_heldout": n,
                "accuracy": metrics["reward_accuracy"], "wilson_95": wilson_interval(correct, n - correct, 0),
-               "mean_margin": metrics.get("mean_margin"), "train_wall_s": round(train_s, 1),
+               "mean_margin": metrics.get("mean_margin"), "train_wall_s": train_s and round(train_s, 1),
+               "checkpoint_saved": time.strftime("%H:%M:%S", time.gmtime(checkpoint.stat().st_mtime)),
                "eval_wall_s": round(eval_s, 1), "load_avg_1m": [round(load_before, 2), round(load_after, 2)]}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -97,6 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-only", action="store_true",
+                        help="score the checkpoints an earlier (stopped) run saved, without training")
     parser.add_argument("--work", type=Path, default=Path("/tmp/demo-sweep"))
     parser.add_argument("--results", type=Path, default=Path("/tmp/demo-sweep/results.jsonl"))
     args = parser.parse_args(argv)
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
     total = len(pairs.read_text(encoding="utf-8").splitlines())
     train, heldout = split_pairs(pairs, args.work, total - args.heldout, args.heldout)
     for run in args.run:
-        for row in sweep_run(run, train, heldout, args.work, args.save_every, args.threads):
+        for row in sweep_run(run, train, heldout, args.work, args.save_every, args.threads, args.eval_only):
             with args.results.open("a", encoding="utf-8") as results:
                 results.write(json.dumps(row) + "\n")
     return 0
