@@ -62,13 +62,13 @@ def load() -> float:
 
 
 def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int, threads: int,
-              eval_only: bool = False) -> list[dict]:
+              eval_only: bool = False, model: str = "smollm2") -> list[dict]:
     """Train (unless ``eval_only``: a run stopped early keeps the checkpoints it saved) and score each checkpoint."""
     name = f"{run['kind']}-lr{run['lr']:g}-b{run['beta']:g}-L{run['max_length']}-s{run['steps']}"
     out = work / name
     lora = ["--lora"] if run["kind"] == "lora" else []
     load_before = load()
-    train_s = None if eval_only else dpo("train", "--model", "smollm2", "--data", train, *lora, "--loss", "sigmoid",
+    train_s = None if eval_only else dpo("train", "--model", model, "--data", train, *lora, "--loss", "sigmoid",
                   "--beta", run["beta"], "--learning-rate", run["lr"], "--lr-scheduler-type", "constant",
                   "--max-steps", run["steps"], "--per-device-train-batch-size", run["batch"],
                   "--max-length", run["max_length"], "--gradient-checkpointing", "false", "--logging-steps", 1,
@@ -81,7 +81,7 @@ def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int
         if eval_only and not (checkpoint / "trainer_state.json").is_file():
             continue
         report = out / f"eval-{step}"
-        eval_s = dpo("eval", "--model", checkpoint, "--ref", "smollm2", "--reward-mode", "dpo", "--data", heldout,
+        eval_s = dpo("eval", "--model", checkpoint, "--ref", model, "--reward-mode", "dpo", "--data", heldout,
                      "--max-length", run["max_length"], "--no-progress", "--report", report, threads=threads)
         metrics = json.loads((report / "metrics.json").read_text())
         n = metrics["n_pairs"]
@@ -99,6 +99,7 @@ def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, type=parse_run, metavar="KIND:k=v,...")
+    parser.add_argument("--model", default="smollm2", help="the base model (default smollm2, as the demo)")
     parser.add_argument("--heldout", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
     total = len(pairs.read_text(encoding="utf-8").splitlines())
     train, heldout = split_pairs(pairs, args.work, total - args.heldout, args.heldout)
     for run in args.run:
-        for row in sweep_run(run, train, heldout, args.work, args.save_every, args.threads, args.eval_only):
+        for row in sweep_run(run, train, heldout, args.work, args.save_every, args.threads, args.eval_only,
+                             args.model):
             with args.results.open("a", encoding="utf-8") as results:
                 results.write(json.dumps(row) + "\n")
     return 0
