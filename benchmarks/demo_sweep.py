@@ -62,7 +62,7 @@ def load() -> float:
 
 
 def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int, threads: int,
-              eval_only: bool = False, model: str = "smollm2") -> list[dict]:
+              eval_only: bool = False, model: str = "smollm2", judge_prompts: int = 0) -> list[dict]:
     """Train (unless ``eval_only``: a run stopped early keeps the checkpoints it saved) and score each checkpoint."""
     name = f"{run['kind']}-lr{run['lr']:g}-b{run['beta']:g}-L{run['max_length']}-s{run['steps']}"
     out = work / name
@@ -81,8 +81,10 @@ def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int
         if eval_only and not (checkpoint / "trainer_state.json").is_file():
             continue
         report = out / f"eval-{step}"
+        judge = (["--judge", "llm-pairwise", "--judge-param", f"model={model}", "--max-prompts", judge_prompts,
+                  "--max-new-tokens", 48] if judge_prompts else [])  # the demo's judge, as its last step runs it
         eval_s = dpo("eval", "--model", checkpoint, "--ref", model, "--reward-mode", "dpo", "--data", heldout,
-                     "--max-length", run["max_length"], "--no-progress", "--report", report, threads=threads)
+                     "--max-length", run["max_length"], "--no-progress", "--report", report, *judge, threads=threads)
         metrics = json.loads((report / "metrics.json").read_text())
         n = metrics["n_pairs"]
         correct = round(metrics["reward_accuracy"] * n)
@@ -91,6 +93,9 @@ def sweep_run(run: dict, train: Path, heldout: Path, work: Path, save_every: int
                "mean_margin": metrics.get("mean_margin"), "train_wall_s": train_s and round(train_s, 1),
                "checkpoint_saved": time.strftime("%H:%M:%S", time.gmtime(checkpoint.stat().st_mtime)),
                "eval_wall_s": round(eval_s, 1), "load_avg_1m": [round(load_before, 2), round(load_after, 2)]}
+        if judge_prompts:
+            row["judge"] = {key: metrics[key] for key in ("wins", "ties", "losses", "win_rate", "win_rate_ci",
+                                                          "soft_win_rate", "first_position_rate", "position_consistency")}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -101,6 +106,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run", action="append", required=True, type=parse_run, metavar="KIND:k=v,...")
     parser.add_argument("--model", default="smollm2", help="the base model (default smollm2, as the demo)")
     parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--judge-prompts", type=int, default=0,
+                        help="also judge each checkpoint against the base model on this many held-out prompts")
     parser.add_argument("--save-every", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-only", action="store_true",
@@ -115,7 +122,7 @@ def main(argv=None) -> int:
     train, heldout = split_pairs(pairs, args.work, total - args.heldout, args.heldout)
     for run in args.run:
         for row in sweep_run(run, train, heldout, args.work, args.save_every, args.threads, args.eval_only,
-                             args.model):
+                             args.model, args.judge_prompts):
             with args.results.open("a", encoding="utf-8") as results:
                 results.write(json.dumps(row) + "\n")
     return 0

@@ -57,7 +57,7 @@ def test_demo_sweep_scores_each_checkpoint_on_the_held_out_pairs(tmp_path, tiny_
 
     results = tmp_path / "results.jsonl"
     assert demo_sweep.main(["--model", str(tiny_model_dir), "--run", "full:lr=1e-3,steps=2,batch=2,max_length=192",
-                            "--heldout", "6", "--save-every", "1", "--threads", "1", "--work", str(tmp_path),
+                            "--heldout", "6", "--save-every", "1", "--threads", "1", "--work", str(tmp_path), "--judge-prompts", "2",
                             "--results", str(results)]) == 0
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [row["at_step"] for row in rows] == [1, 2]
@@ -69,3 +69,5 @@ def test_demo_sweep_scores_each_checkpoint_on_the_held_out_pairs(tmp_path, tiny_
         assert own["reward_mode"] == "dpo" and row["accuracy"] == own["reward_accuracy"]
         correct = round(own["reward_accuracy"] * own["n_pairs"])
         assert row["wilson_95"] == wilson_interval(correct, own["n_pairs"] - correct, 0)
+        assert row["judge"]["wins"] + row["judge"]["ties"] + row["judge"]["losses"] == 2
+        assert row["judge"]["first_position_rate"] == own["first_position_rate"]
