@@ -39,7 +39,7 @@ class DemoSettings:
     heldout_pairs: int = 100
     judged_prompts: int = 8
     lora: bool = False
-    max_steps: int = 36
+    max_steps: int = 12
     batch_size: int = 8
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"
@@ -61,7 +61,8 @@ def run_demo(output_dir: Path, settings: DemoSettings = DemoSettings(), data: Pa
               "--reward-mode", "ref-free-mean", "--report", output_dir / "eval-before", *common)
     tuned = output_dir / "train"
     lora = ["--lora"] if s.lora else []
-    steps.run(f"DPO-train {'a LoRA adapter' if s.lora else 'the model'} on {s.train_pairs} pairs", "train",
+    steps.run(f"DPO-train {'a LoRA adapter' if s.lora else 'the model'}: {s.max_steps} steps of {s.batch_size} pairs "
+              f"from {s.train_pairs}", "train",
               "--model", s.model, "--data", train, *lora, "--loss", "sigmoid", "--beta", s.beta,
               "--learning-rate", s.learning_rate, "--lr-scheduler-type", s.lr_scheduler_type,
               "--max-steps", s.max_steps, "--per-device-train-batch-size", s.batch_size,

@@ -181,8 +181,8 @@ def render(metrics: dict) -> str:
     return f"""# dpo demo report
 
 Model `{s['model']}` (`smollm2` = SmolLM2-135M-Instruct), {method}, sigmoid DPO (beta {s['beta']}, lr {s['learning_rate']}
-{s['lr_scheduler_type']}, {t['steps']} steps of {s['batch_size']} pairs, max_length {s['max_length']}) on {s['train_pairs']} pairs of a
-customer's Azure OpenAI preference file (Anthropic HH-RLHF harmless-base pairs, MIT), evaluated on the
+{s['lr_scheduler_type']}, {t['steps']} steps of {s['batch_size']} pairs, max_length {s['max_length']}), the pairs drawn from the
+first {s['train_pairs']} pairs of a customer's Azure OpenAI preference file (Anthropic HH-RLHF harmless-base pairs, MIT), evaluated on the
 {h['n_pairs']} held-out pairs at the end of the file (never trained on).
 
 ## Held-out implicit reward accuracy
