@@ -24,6 +24,7 @@ import threading
 import traceback
 
 from . import __version__
+from .console import silence_third_party_deprecations
 from .errors import DpoPluginsError, Terminated
 from .plugins import load_module, load_plugins, plugin_of_file
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_arguments = extra
     args.main = main  # the entry point itself, for a command that runs other subcommands (the demo)
+    silence_third_party_deprecations()
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:

@@ -113,18 +113,55 @@ def as_verdict(judgment) -> str:
     return "a" if judgment > 0.5 else "b" if judgment < 0.5 else "tie"
 
 
+PREFERENCE_TIE_EPSILON = 1e-9
+
+
+def is_probability(judgment) -> bool:
+    """A scoring judge's answer for one order: ``P(the first-shown output is better)``."""
+    return isinstance(judgment, float) and 0.0 <= judgment <= 1.0
+
+
+def outcomes_of(first_order: Sequence, swapped_order: Sequence, epsilon: float = PREFERENCE_TIE_EPSILON) -> list[str]:
+    """``win`` / ``loss`` / ``tie`` per prompt for the policy.
+
+    Verdicts: a win only when both orders agree (:func:`combine_orders`,
+    MT-Bench's rule). Probabilities: the two orders' average
+    (:func:`combined_preferences`) decides, and a tie is the exception, a
+    preference within ``epsilon`` of one half (identical outputs give one
+    half up to float rounding).
+    """
+    outcomes = []
+    for x, y, preference in zip(first_order, swapped_order, combined_preferences(first_order, swapped_order)):
+        if is_probability(x) and is_probability(y):
+            outcomes.append("win" if preference > 1.5 + epsilon else "loss" if preference < 1.5 - epsilon else "tie")
+        else:
+            outcomes += combine_orders([as_verdict(x)], [as_verdict(y)])
+    return outcomes
+
+
+def first_position_rate(first_order: Sequence, swapped_order: Sequence) -> float | None:
+    """The judge's mean preference for whichever output it was shown first: 0.5 for an unbiased judge.
+
+    Probabilities count as they are; verdicts as 1 (first), 0 (second), 0.5 (tie).
+    """
+    shown_first = [x if is_probability(x) else {"a": 1.0, "b": 0.0, "tie": 0.5}[as_verdict(x)]
+                   for x in (*first_order, *swapped_order)]
+    return sum(shown_first) / len(shown_first) if shown_first else None
+
+
 def win_rate_metrics(first_order, swapped_order, policy_lengths, baseline_lengths) -> dict:
     """Every win-rate number for ``metrics.json`` from the two orders' judgments.
 
     Judgments are verdicts or probabilities (see :func:`combined_preferences`).
-    ``wins`` / ``losses`` / ``ties``, the Wilson interval and
-    ``position_consistency`` use the verdicts (MT-Bench); ``win_rate``,
-    ``standard_error``, ``discrete_win_rate`` and the LC are AlpacaEval's,
-    from the combined preferences (for verdicts ``win_rate`` equals the
-    MT-Bench rate with ties half).
+    ``wins`` / ``losses`` / ``ties`` and the Wilson interval count the
+    outcomes of :func:`outcomes_of`; ``position_consistency`` compares the
+    two orders' verdicts and ``first_position_rate`` measures position bias;
+    ``win_rate``, ``standard_error``, ``discrete_win_rate`` and the LC are
+    AlpacaEval's, from the combined preferences (for verdicts ``win_rate``
+    equals the MT-Bench rate with ties half).
     """
     first, swapped = [as_verdict(x) for x in first_order], [as_verdict(y) for y in swapped_order]
-    outcomes = combine_orders(first, swapped)
+    outcomes = outcomes_of(first_order, swapped_order)
     counts = outcome_counts(outcomes)
     alpaca = alpaca_eval_metrics(combined_preferences(first_order, swapped_order), policy_lengths, baseline_lengths)
     n = len(outcomes)
@@ -134,6 +171,7 @@ def win_rate_metrics(first_order, swapped_order, policy_lengths, baseline_length
         "win_rate_ci": wilson_interval(**counts),
         "win_rate_ci_method": "wilson-95 on the verdicts (ties count half)",
         "position_consistency": position_consistency(first, swapped),
+        "first_position_rate": first_position_rate(first_order, swapped_order),
         "avg_len_policy": sum(policy_lengths) / n if n else None,
         "avg_len_baseline": sum(baseline_lengths) / n if n else None,
     }

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from dpo_plugins.errors import DpoPluginsError, PluginError
 
-from .stats import as_verdict, combine_orders, combined_preferences, win_rate_metrics
+from .stats import as_verdict, combined_preferences, is_probability, outcomes_of, win_rate_metrics
 
 VERDICTS = ("a", "b", "tie")
 
@@ -163,18 +163,24 @@ def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs
         settings["references"] = list(references)
     first = _verdicts(judge, provider, prompts, policy_outputs, baseline_outputs, settings)
     swapped = _verdicts(judge, provider, prompts, baseline_outputs, policy_outputs, settings)
+    scored = is_probability(first[0]) if first else False
+    if any(is_probability(v) != scored for v in (*first, *swapped)):
+        raise PluginError(f"judge {judge_name!r} from {provider} mixed verdicts and probabilities; return one kind")
     metrics = win_rate_metrics(first, swapped, [len(o) for o in policy_outputs], [len(o) for o in baseline_outputs])
     shown = {k: ("<redacted>" if _secret(k) else v) for k, v in settings.items() if k != "references"}
     metrics["judge"] = judge_name
     metrics["judge_info"] = {"name": judge_name, "provider": provider, "params": shown,
-                             "orders": "both (policy first, then baseline first); a win only when both agree"}
-    outcomes = combine_orders([as_verdict(x) for x in first], [as_verdict(y) for y in swapped])
-    rows = [
-        {"prompt": prompt, "policy_output": p, "baseline_output": b, "verdict_policy_first": x,
-         "verdict_baseline_first": y, "outcome": outcome, "preference": preference}
-        for prompt, p, b, x, y, outcome, preference in zip(prompts, policy_outputs, baseline_outputs, first, swapped,
-                                                           outcomes, combined_preferences(first, swapped))
-    ]
+                             "orders": "both (policy first, then baseline first); verdicts: a win only when both agree; "
+                                       "probabilities: averaged over the two orders"}
+    outcomes = outcomes_of(first, swapped)
+    rows = []
+    for prompt, p, b, x, y, outcome, preference in zip(prompts, policy_outputs, baseline_outputs, first, swapped,
+                                                       outcomes, combined_preferences(first, swapped)):
+        row = {"prompt": prompt, "policy_output": p, "baseline_output": b, "verdict_policy_first": as_verdict(x),
+               "verdict_baseline_first": as_verdict(y), "outcome": outcome, "preference": preference}
+        if scored:
+            row.update(p_first_better_policy_first=x, p_first_better_baseline_first=y)
+        rows.append(row)
     return metrics, rows
 
 

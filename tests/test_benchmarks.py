@@ -48,3 +48,26 @@ def test_eval_benchmark_agrees_with_the_plain_evaluation(run_benchmark, tiny_mod
     result = run_benchmark("benchmarks.eval_throughput", "--model", tiny_model_dir, "--pairs", 6, "--rounds", 1, "--batch-size", 4)
     assert len(result["rows"]) == 3
     assert max(result["max_reward_diff"].values()) < 1e-3
+
+
+def test_demo_sweep_scores_each_checkpoint_on_the_held_out_pairs(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import demo_sweep
+    from dpo_plugins.evals.stats import wilson_interval
+
+    results = tmp_path / "results.jsonl"
+    assert demo_sweep.main(["--model", str(tiny_model_dir), "--run", "full:lr=1e-3,steps=2,batch=2,max_length=192",
+                            "--heldout", "6", "--save-every", "1", "--threads", "1", "--work", str(tmp_path), "--judge-prompts", "2",
+                            "--results", str(results)]) == 0
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [row["at_step"] for row in rows] == [1, 2]
+    heldout = (tmp_path / "heldout.jsonl").read_text().splitlines()
+    train = (tmp_path / "train.jsonl").read_text().splitlines()
+    assert len(heldout) == 6 and len(train) == 393 and not set(heldout) & set(train)
+    for row in rows:
+        own = json.loads((tmp_path / "full-lr0.001-b0.1-L192-s2" / f"eval-{row['at_step']}" / "metrics.json").read_text())
+        assert own["reward_mode"] == "dpo" and row["accuracy"] == own["reward_accuracy"]
+        correct = round(own["reward_accuracy"] * own["n_pairs"])
+        assert row["wilson_95"] == wilson_interval(correct, own["n_pairs"] - correct, 0)
+        assert row["judge"]["wins"] + row["judge"]["ties"] + row["judge"]["losses"] == 2
+        assert row["judge"]["first_position_rate"] == own["first_position_rate"]

@@ -6,13 +6,16 @@ import json
 
 import pytest
 
-from dpo_plugins.cli import main
 from dpo_plugins.atomic import OUTPUT_MARKER
+from dpo_plugins.cli import main
+from dpo_plugins.commands.demo import summary_lines
 from dpo_plugins.workflows.demo import DemoSettings, fresh_output_dir, run_demo
+from dpo_plugins.workflows.demo_report import smooth
 from dpo_plugins.errors import DpoPluginsError
+from dpo_plugins.evals.stats import wilson_interval
 
 
-def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_path, tiny_model_dir):
+def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_path, tiny_model_dir, capsys):
     settings = DemoSettings(model=str(tiny_model_dir), judge_model=str(tiny_model_dir), train_pairs=8,
                             heldout_pairs=6, judged_prompts=2, max_steps=2, batch_size=4, max_length=192,
                             max_new_tokens=4)
@@ -22,19 +25,58 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
     def read(name):
         return json.loads((output / name / "metrics.json").read_text())
 
+    def rows(name):
+        return [json.loads(line) for line in (output / name / "generations.jsonl").read_text().splitlines()]
+
     assert json.loads((output / "metrics.json").read_text()) == metrics
-    assert metrics["heldout"]["reward_accuracy_before"] == read("eval-before")["reward_accuracy"]
-    assert metrics["heldout"]["reward_accuracy_after"] == read("eval-after-ref-free")["reward_accuracy"]
-    assert metrics["heldout"]["implicit_reward_accuracy_after"] == read("eval-after")["reward_accuracy"]
-    assert metrics["win_rate"]["wins"] + metrics["win_rate"]["ties"] + metrics["win_rate"]["losses"] == 2
+    heldout = metrics["heldout"]
+    assert heldout["reward_accuracy_before"] == read("eval-before")["reward_accuracy"]
+    assert heldout["reward_accuracy_after"] == read("eval-after-ref-free")["reward_accuracy"]
+    assert heldout["implicit_reward_accuracy_after"] == read("eval-after")["reward_accuracy"]
+    assert heldout["implicit_mean_margin_after"] == read("eval-after")["mean_margin"]
+    for key, step in (("before", "eval-before"), ("after", "eval-after-ref-free"), ("implicit_after", "eval-after")):
+        entry, own = heldout["with_interval"][key], read(step)
+        n = own["n_pairs"]  # pairs whose prompt fits max_length; the others are counted in n_dropped
+        assert entry["accuracy"] == own["reward_accuracy"] and entry["n_pairs"] == n == 6 - own["n_dropped"]
+        assert entry["correct"] / n == own["reward_accuracy"]
+        assert entry["wilson_95"] == wilson_interval(entry["correct"], n - entry["correct"], 0)
+    assert read("eval-after")["reward_mode"] == "dpo" and read("eval-after")["ref"] == str(tiny_model_dir)
+    win = metrics["win_rate"]
+    assert win["wins"] + win["ties"] + win["losses"] == 2
+    for key in ("wins", "ties", "losses", "win_rate", "win_rate_ci", "first_position_rate"):
+        assert win[key] == read("eval-after")[key], key
+    assert all("p_first_better_policy_first" in row for row in rows("eval-after"))  # the default judge scores
     state = json.loads((output / "train" / "trainer_state.json").read_text())
     assert metrics["training"]["curves"]["loss"] == [e["loss"] for e in state["log_history"] if "loss" in e]
     assert metrics["training"]["first_loss"] == pytest.approx(0.6931, abs=1e-4)
     assert len(metrics["timings_s"]) == 6
-    for name in ("report.md", "training.png", "margins.png", "win_rate.png", "train/adapter_model.safetensors"):
+    for name in ("report.md", "training.png", "margins.png", "implicit_margins.png", "win_rate.png",
+                 "train/model.safetensors", "demo.log"):
         assert (output / name).stat().st_size > 0, name
     report = (output / "report.md").read_text()
-    assert "weak judge" in report and f"{100 * metrics['heldout']['reward_accuracy_before']:.1f}%" in report
+    implicit = heldout["with_interval"]["implicit_after"]
+    assert "weak judge" in report and f"{100 * heldout['reward_accuracy_before']:.1f}%" in report
+    assert f"{100 * implicit['accuracy']:.1f}% ({implicit['correct']}/{implicit['n_pairs']}; 95% CI" in report
+    assert "lower bound above 50% means" in report
+
+    summary = summary_lines(metrics)
+    low, high = implicit["wilson_95"]
+    assert f"implicit DPO reward accuracy: {implicit['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})" in summary[0]
+    assert f"{win['wins']}W/{win['ties']}T/{win['losses']}L" in summary[2]
+
+    console = capsys.readouterr()
+    step_lines = [line for line in console.out.splitlines() if line.startswith("[")]
+    assert [line[:5] for line in step_lines] == [f"[{k}/6]" for k in range(1, 7)]
+    assert all(line.endswith("s") for line in step_lines if not line.startswith("[4/6]"))
+    assert "Loading weights" not in console.err and "FutureWarning" not in console.err
+    assert "Tokenizing" not in console.err and "dpo train: loss =" not in console.err
+    log = (output / "demo.log").read_text()
+    assert "$ dpo train --model" in log and "dpo_plugins.train: INFO: loss = 1 * sigmoid()" in log
+
+
+def test_smoothing_is_a_trailing_mean():
+    assert smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+    assert smooth([]) == []
 
 
 def test_the_demo_never_replaces_a_folder_it_did_not_write(tmp_path):

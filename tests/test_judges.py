@@ -97,10 +97,11 @@ def test_a_position_biased_judge_yields_ties_not_wins(judge_server):
     assert (metrics["wins"], metrics["ties"], metrics["position_consistency"]) == (0, 3, 0.0)
 
 
-def test_openai_compatible_errors_are_clear(judge_server, capsys):
+def test_openai_compatible_errors_are_clear(judge_server, caplog):
     ScriptedJudgeServer.mode = "chatty"
-    metrics, _ = judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})
-    assert metrics["ties"] == 1 and "no [[A]]/[[B]]/[[C]] verdict" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="dpo_plugins.judges"):
+        metrics, _ = judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})
+    assert metrics["ties"] == 1 and "no [[A]]/[[B]]/[[C]] verdict" in caplog.text  # through logging, a warning
     ScriptedJudgeServer.mode = "error"
     with pytest.raises(DpoPluginsError, match="HTTP 500: overloaded"):
         judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})
@@ -150,11 +151,49 @@ def test_llm_pairwise_judge_reads_the_next_token(tokenizer, tmp_path):
         a_id, b_id = (tokenizer.encode(x, add_special_tokens=False)[0] for x in "AB")
         return "a" if logits[a_id] > logits[b_id] else "b" if logits[b_id] > logits[a_id] else "tie"
 
-    for row, prompt, p, b in zip(rows, PROMPTS, policy, baseline):
-        assert row["verdict_policy_first"] == verdict(prompt, p, b)
-        assert row["verdict_baseline_first"] == verdict(prompt, b, p)
-    _, rows = judge_both_orders("llm-pairwise", PROMPTS, policy, baseline, {"model": str(judge_dir), "tie_margin": 1e9})
+    for mode in ("logprob", "verdict"):
+        _, rows = judge_both_orders("llm-pairwise", PROMPTS, policy, baseline, {"model": str(judge_dir), "mode": mode})
+        for row, prompt, p, b in zip(rows, PROMPTS, policy, baseline):
+            assert row["verdict_policy_first"] == verdict(prompt, p, b)
+            assert row["verdict_baseline_first"] == verdict(prompt, b, p)
+    _, rows = judge_both_orders("llm-pairwise", PROMPTS, policy, baseline,
+                                {"model": str(judge_dir), "mode": "verdict", "tie_margin": 1e9})
     assert {r["outcome"] for r in rows} == {"tie"}
+    with pytest.raises(DpoPluginsError, match="mode must be one of logprob, verdict, not 'guess'"):
+        judge_both_orders("llm-pairwise", PROMPTS, policy, baseline, {"model": str(judge_dir), "mode": "guess"})
+
+
+def test_llm_pairwise_logprob_mode_averages_both_orders_into_one_preference(tokenizer, tmp_path):
+    import torch
+
+    judge_dir = tmp_path / "judge"
+    judge_model = build_tiny_model(tokenizer, seed=5).eval()
+    judge_model.save_pretrained(judge_dir)
+    tokenizer.save_pretrained(judge_dir)
+    policy, baseline = ["Paris.", "4", "Jupiter"], ["Lyon.", "5", "Jupiter"]  # the last pair is identical
+    metrics, rows = judge_both_orders("llm-pairwise", PROMPTS, policy, baseline, {"model": str(judge_dir)})
+
+    def p_first_better(prompt, a, b):  # P("A") / (P("A") + P("B")) from the full softmax, by hand
+        text = PAIRWISE_TEMPLATE.format(prompt=prompt_text(prompt), a=a, b=b)
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            probs = torch.softmax(judge_model(input_ids=torch.tensor([ids])).logits[0, -1].double(), dim=-1)
+        a_id, b_id = (tokenizer.encode(x, add_special_tokens=False)[0] for x in "AB")
+        return (probs[a_id] / (probs[a_id] + probs[b_id])).item()
+
+    expected_first = [p_first_better(q, p, b) for q, p, b in zip(PROMPTS, policy, baseline)]
+    expected_swapped = [p_first_better(q, b, p) for q, p, b in zip(PROMPTS, policy, baseline)]
+    preferences = [(x + 1 - y) / 2 for x, y in zip(expected_first, expected_swapped)]
+    for row, x, y, preference in zip(rows, expected_first, expected_swapped, preferences):
+        assert row["p_first_better_policy_first"] == pytest.approx(x, abs=1e-9)
+        assert row["p_first_better_baseline_first"] == pytest.approx(y, abs=1e-9)
+        assert row["preference"] == pytest.approx(1 + preference, abs=1e-9)  # AlpacaEval's scale: 1 + P(policy)
+    assert [r["outcome"] for r in rows[:2]] == ["win" if p > 0.5 else "loss" for p in preferences[:2]]
+    assert rows[2]["outcome"] == "tie"  # identical outputs: exactly one half, whatever the judge's slot bias
+    assert metrics["win_rate"] == pytest.approx(sum(preferences) / 3, abs=1e-9)  # AlpacaEval's: the mean preference
+    assert metrics["first_position_rate"] == pytest.approx(sum(expected_first + expected_swapped) / 6, abs=1e-9)
+    assert metrics["ties"] == 1 and metrics["wins"] + metrics["losses"] == 2
 
 
 class BrokenJudges:

@@ -68,3 +68,19 @@ def test_both_orders_combine_as_mt_bench():
     assert metrics["win_rate"] == 0.5 and metrics["avg_len_policy"] == 35 and metrics["avg_len_baseline"] == 5
     assert metrics["lc_win_rate"] is None and "fewer than 20" in metrics["lc_win_rate_note"]
     assert metrics["discrete_win_rate"] == 0.5 and metrics["n_draws"] == 4
+
+
+def test_a_scoring_judges_two_orders_average_into_one_preference():
+    from dpo_plugins.evals.stats import PREFERENCE_TIE_EPSILON, combined_preferences, outcomes_of
+
+    first, swapped = [0.9, 0.6, 0.3, 0.7], [0.7, 0.6, 0.8, 0.3]  # P(first shown better), policy first / baseline first
+    assert combined_preferences(first, swapped) == pytest.approx([1.6, 1.5, 1.25, 1.7])  # AlpacaEval's 1..2 scale
+    assert outcomes_of(first, swapped) == ["win", "tie", "loss", "win"]
+    assert outcomes_of([0.5 + 3 * PREFERENCE_TIE_EPSILON], [0.5]) == ["win"]
+    metrics = win_rate_metrics(first, swapped, [10, 20, 30, 40], [5] * 4)
+    assert (metrics["wins"], metrics["losses"], metrics["ties"]) == (2, 1, 1)
+    assert metrics["win_rate"] == pytest.approx(sum([0.6, 0.5, 0.25, 0.7]) / 4)  # the mean preference
+    assert metrics["first_position_rate"] == pytest.approx(sum(first + swapped) / 8)  # 0.6125: leans to slot A
+    assert metrics["position_consistency"] == 2 / 4  # b/a and a/b: the last two prompts only
+    verdicts = win_rate_metrics(["a", "a"], ["a", "b"], [1, 1], [1, 1])
+    assert verdicts["first_position_rate"] == 3 / 4

@@ -1,9 +1,11 @@
 """Run the main job on the embedded defaults (SmolLM2-135M-Instruct).
 
 Validates and converts a customer's Azure OpenAI preference file, DPO-trains
-a LoRA adapter on SmolLM2 with it, measures held-out reward accuracy before
-and after, judges the tuned model against the base model, and writes
-``report.md``, ``metrics.json`` and plots into ``--output``.
+SmolLM2 with it, measures held-out reward accuracy (the implicit DPO reward
+with its 95% interval, and reference-free before and after), judges the
+tuned model against the base model, and writes ``report.md``,
+``metrics.json``, plots and ``demo.log`` into ``--output``. The terminal
+shows one line per step and a summary.
 """
 
 from __future__ import annotations
@@ -22,12 +24,32 @@ def run(args) -> int:
     from dpo_plugins.workflows.demo import fresh_output_dir, run_demo
 
     output = fresh_output_dir(args.output)
+    print(f"dpo demo: every step's command and output go to {output / 'demo.log'}", flush=True)
     metrics = run_demo(output, args.main)
-    heldout, win = metrics["heldout"], metrics["win_rate"]
-    print(f"\nheld-out reward accuracy ({heldout['reward_mode']}): {heldout['reward_accuracy_before']:.1%} before, "
-          f"{heldout['reward_accuracy_after']:.1%} after; implicit DPO reward accuracy "
-          f"{heldout['implicit_reward_accuracy_after']:.1%}")
-    print(f"win-rate vs base: {win['win_rate']:.1%} ({win['wins']}W/{win['ties']}T/{win['losses']}L, "
-          f"small self-judge: see the report's caveat)")
-    print(f"total {metrics['total_s']:.0f}s; report: {output / 'report.md'}")
+    print()
+    for line in summary_lines(metrics):
+        print(line)
+    print(f"report: {output / 'report.md'}")
     return 0
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """The final summary: before/after, the interval, the win-rate."""
+    heldout, win = metrics["heldout"], metrics["win_rate"]
+    intervals = heldout["with_interval"]
+
+    def accuracy(entry):
+        low, high = entry["wilson_95"]
+        return f"{entry['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})"
+
+    ci = win["win_rate_ci"] or [None, None]
+    win_ci = f"95% CI {ci[0]:.1%}-{ci[1]:.1%}" if ci[0] is not None else "no CI"
+    return [
+        f"held-out implicit DPO reward accuracy: {accuracy(intervals['implicit_after'])} on "
+        f"{heldout['n_pairs']} pairs never trained on (base model: every margin 0)",
+        f"held-out {heldout['reward_mode']} reward accuracy: {accuracy(intervals['before'])} before, "
+        f"{accuracy(intervals['after'])} after",
+        f"win-rate vs base: {win['win_rate']:.1%} ({win_ci}; {win['wins']}W/{win['ties']}T/{win['losses']}L); "
+        f"judge's first-position preference {win['first_position_rate']:.1%} (small self-judge: see the report's caveat)",
+        f"total {metrics['total_s']:.0f}s",
+    ]

@@ -16,14 +16,16 @@ AlpacaEval's ``model_outputs.json`` and ``annotations.json``). Definitions and b
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from ..atomic import check_output
 from ..errors import DpoPluginsError
 from ..formats.pipeline import read_trl_rows
-from . import show_info_logs
+from ..console import show_info_logs
 
 HELP = "reward accuracy and win-rate of a policy, with a report"
+_log = logging.getLogger("dpo_plugins.eval")
 
 
 def add_arguments(parser) -> None:
@@ -73,7 +75,7 @@ def run(args) -> int:
     check_output(args.report, folder=True, inputs=[args.data])  # before minutes of scoring, not after
     if args.ref is None and (base := adapter_base(args.model)) is not None:
         args.ref = base
-        print(f"dpo eval: {args.model} is a PEFT adapter; its base model {base} is the reference", file=sys.stderr)
+        _log.info("%s is a PEFT adapter; its base model %s is the reference", args.model, base)
     if args.judge is None and (args.baseline or args.policy_outputs or args.baseline_outputs):
         raise DpoPluginsError("--baseline, --policy-outputs and --baseline-outputs need --judge")
     request = EvalRequest(
@@ -90,7 +92,7 @@ def run(args) -> int:
         progress=not args.no_progress,
     )
     if args.ref is None and args.reward_mode is None:
-        print("dpo eval: no --ref, so reward accuracy is reference-free (ref-free-sum)", file=sys.stderr)
+        _log.info("no --ref, so reward accuracy is reference-free (ref-free-sum)")
     metrics = run_eval(request, args.report)
     if not is_main_process():  # under accelerate launch one process reports
         return 0

@@ -11,7 +11,7 @@ accepted as --field-name VALUE (for example --beta 0.1 --loss-weights 0.8
 from __future__ import annotations
 
 from dpo_plugins.workflows.train import add_option_arguments
-from . import show_info_logs
+from ..console import show_info_logs
 
 HELP = "DPO-train a model (TRL DPOTrainer with plugin losses)"
 # The flags of trl.DPOConfig are parsed by transformers' HfArgumentParser in run().

@@ -1,13 +1,20 @@
 """Built-in win-rate judges, registered through ``register_judges`` like any plugin's.
 
 Each ``fn(prompts, outputs_a, outputs_b, **params)`` returns ``"a"``, ``"b"``
-or ``"tie"`` (or the probability that ``a`` is better) per prompt for ONE
-order of the outputs; the eval harness calls
-it twice with the outputs swapped and counts a win only when both orders
-agree (MT-Bench), so position bias becomes ties instead of wins.
+or ``"tie"`` per prompt for ONE order of the outputs (or, for a scoring
+judge, the probability in [0, 1] that ``a`` is better); the eval harness
+calls it twice with the outputs swapped. Verdicts count a win only when both
+orders agree (MT-Bench), so position bias becomes ties instead of wins;
+probabilities are averaged over the two orders (see ``evals.stats``).
 
-- ``llm-pairwise``: a local causal LM reads ``PAIRWISE_TEMPLATE`` and the
-  verdict is whichever of the next tokens "A" / "B" it finds more likely.
+- ``llm-pairwise``: a local causal LM reads ``PAIRWISE_TEMPLATE``. By
+  default (``mode="logprob"``) it returns, per order, the probability that
+  "A" is the better answer: its next-token probabilities of "A" and "B",
+  renormalised over the two (the idea of AlpacaEval's log-probability
+  annotators); the harness averages the two orders into one preference. A
+  small judge's position bias then shifts the probabilities instead of
+  turning every prompt into a tie. ``mode="verdict"`` keeps the older
+  per-order verdict (the more likely letter).
 - ``reward-model``: any sequence-classification model with one output; the
   higher-scored output wins.
 - ``openai-compatible``: an HTTP chat-completions endpoint (vLLM, llama.cpp
@@ -21,10 +28,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 from typing import Sequence
@@ -52,6 +59,7 @@ API_TEMPLATE = PAIRWISE_TEMPLATE.rsplit("\n\n", 1)[0] + (
     '"[[B]]" if B is better, or "[[C]]" for a tie.'
 )
 VERDICT_PATTERN = re.compile(r"\[\[(A|B|C)\]\]")
+logger = logging.getLogger("dpo_plugins.judges")
 
 
 def _need(params: dict, name: str, judge: str):
@@ -72,14 +80,20 @@ def _causal_lm(name_or_path: str):
     return model.eval(), tokenizer
 
 
-def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0, probability=False, **params):
-    """Local LM judge: log P("A") vs log P("B") as the first answer token.
+JUDGE_MODES = ("logprob", "verdict")
 
-    With ``probability`` it returns P(A) / (P(A) + P(B)) instead of a
-    verdict: the judge's confidence, which the harness keeps as a continuous
-    AlpacaEval preference (as AlpacaEval's weighted annotators do).
+
+def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", mode="logprob", tie_margin=0.0, **params):
+    """Local LM judge on the first answer token.
+
+    ``logprob``: P("A") / (P("A") + P("B")) per prompt, the probability that
+    ``a`` is better. ``verdict``: whichever letter's log-probability is
+    higher by more than ``tie_margin`` nats, else a tie.
     """
     import torch
+
+    if mode not in JUDGE_MODES:
+        raise DpoPluginsError(f"judge 'llm-pairwise': mode must be one of {', '.join(JUDGE_MODES)}, not {mode!r}")
 
     judge_model, tokenizer = _causal_lm(str(model))
     letters = []
@@ -98,12 +112,11 @@ def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", tie_margin=0.0,
             ids = tokenizer(text + "\nAnswer:")["input_ids"]
         with torch.no_grad():
             logits = judge_model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        if mode == "logprob":  # softmax over the two labels only: the rest of the vocabulary cancels
+            verdicts.append(torch.softmax(logits[letters].double(), dim=-1)[0].item())
+            continue
         log_probs = torch.log_softmax(logits, dim=-1)
-        log_a, log_b = log_probs[letters[0]].item(), log_probs[letters[1]].item()
-        if probability:
-            verdicts.append(torch.sigmoid(torch.tensor(log_a - log_b, dtype=torch.float64)).item())
-        else:
-            verdicts.append(_compare(log_a, log_b, float(tie_margin)))
+        verdicts.append(_compare(log_probs[letters[0]].item(), log_probs[letters[1]].item(), float(tie_margin)))
     return verdicts
 
 
@@ -175,8 +188,8 @@ def openai_compatible(prompts, outputs_a, outputs_b, base_url=None, model=None, 
             unparsed += 1
         verdicts.append({"A": "a", "B": "b"}.get(found[-1], "tie") if found else "tie")
     if unparsed:
-        print(f"judge 'openai-compatible': {unparsed} of {len(verdicts)} replies had no [[A]]/[[B]]/[[C]] verdict; "
-              "counted as ties", file=sys.stderr)
+        logger.warning("judge 'openai-compatible': %d of %d replies had no [[A]]/[[B]]/[[C]] verdict; counted as ties",
+                       unparsed, len(verdicts))
     return verdicts
 
 
@@ -231,8 +244,8 @@ def regex(prompts, outputs_a, outputs_b, pattern=None, references=None, **params
 
 @hookimpl
 def register_judges():
-    yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "tie_margin": 0.0, "probability": False},
-                description="local causal LM: log P('A') vs log P('B') under PAIRWISE_TEMPLATE")
+    yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "mode": "logprob", "tie_margin": 0.0},
+                description="local causal LM: P('A') vs P('B') under PAIRWISE_TEMPLATE, averaged over both orders")
     yield Judge(name="reward-model", fn=reward_model, params={"model": None, "tie_margin": 0.0, "probability": False},
                 description="sequence-classification reward model; the higher score wins")
     yield Judge(name="openai-compatible", fn=openai_compatible,

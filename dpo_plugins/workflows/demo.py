@@ -2,10 +2,12 @@
 
 A customer's hosted-DPO dataset (Azure OpenAI preference JSONL, shipped in
 ``dpo_plugins/data/demo/``) is validated, converted to TRL pairs, split into
-train and held-out pairs, and used to DPO-train a LoRA adapter on
-SmolLM2-135M-Instruct. Reward accuracy on the held-out pairs is measured
-before and after, and a judge compares the tuned model's answers with the
-base model's. Every step runs the same ``dpo`` subcommand a user would type,
+train and held-out pairs, and used to DPO-train SmolLM2-135M-Instruct.
+The implicit DPO reward accuracy on the held-out pairs, with its 95% Wilson
+interval, says whether training moved the model towards the preferred
+answers by more than chance; the reference-free accuracy is measured before
+and after, and a judge compares the tuned model's answers with the base
+model's. Every step runs the same ``dpo`` subcommand a user would type,
 so the demo exercises the product rather than a private path through it.
 """
 
@@ -24,18 +26,25 @@ DATA = Path(__file__).parent.parent / "data" / "demo" / "hh-harmless-azure.jsonl
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sized to finish in a few minutes on a 2-core CPU (see docs/quickstart.md)."""
+    """The setting the sweep in docs/benchmarks.md ("Demo sweep") chose.
+
+    The last ``heldout_pairs`` of the 399 shipped pairs are held out (never
+    trained on), the first ``train_pairs`` train; sized so that `dpo demo`
+    finishes within 10 minutes on a quiet 2-core CPU (docs/quickstart.md).
+    """
 
     model: str = "smollm2"
     judge_model: str = "smollm2"
-    train_pairs: int = 64
-    heldout_pairs: int = 32
+    train_pairs: int = 299
+    heldout_pairs: int = 100
     judged_prompts: int = 8
-    max_steps: int = 8
+    lora: bool = False
+    max_steps: int = 12
     batch_size: int = 8
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "constant"
     beta: float = 0.1
-    max_length: int = 256
+    max_length: int = 512
     max_new_tokens: int = 48
 
 
@@ -46,54 +55,72 @@ def run_demo(output_dir: Path, run_dpo: Callable[[List[str]], int], settings: De
     ``run_dpo(argv)`` is the ``dpo`` entry point itself (``dpo_plugins.cli.main``,
     handed over by the demo command so this module needs no import of the CLI).
     """
-    steps = _Steps(output_dir, run_dpo)
+    steps = _Steps(output_dir, run_dpo, total=6)
     s = settings
     steps.run("validate the Azure preference file", "validate", data, "--from", "azure", "--profile", "azure")
     pairs = output_dir / "pairs.hf.jsonl"
     steps.run("convert Azure -> TRL pairs", "convert", data, pairs, "--from", "azure", "--to", "hf")
-    train, heldout = _split(pairs, output_dir, s.train_pairs, s.heldout_pairs)
+    train, heldout = split_pairs(pairs, output_dir, s.train_pairs, s.heldout_pairs)
     common = ["--data", heldout, "--max-length", s.max_length, "--no-progress"]
-    steps.run("reward accuracy of the base model (reference-free)", "eval", "--model", s.model,
+    steps.run(f"reward accuracy of the base model on {s.heldout_pairs} held-out pairs", "eval", "--model", s.model,
               "--reward-mode", "ref-free-mean", "--report", output_dir / "eval-before", *common)
-    adapter = output_dir / "train"
-    steps.run("DPO-train a LoRA adapter on the base model", "train", "--model", s.model, "--data", train,
-              "--lora", "--loss", "sigmoid", "--beta", s.beta, "--learning-rate", s.learning_rate,
+    tuned = output_dir / "train"
+    lora = ["--lora"] if s.lora else []
+    steps.run(f"DPO-train {'a LoRA adapter' if s.lora else 'the model'}: {s.max_steps} steps of {s.batch_size} pairs "
+              f"from {s.train_pairs}", "train",
+              "--model", s.model, "--data", train, *lora, "--loss", "sigmoid", "--beta", s.beta,
+              "--learning-rate", s.learning_rate, "--lr-scheduler-type", s.lr_scheduler_type,
               "--max-steps", s.max_steps, "--per-device-train-batch-size", s.batch_size,
-              "--max-length", s.max_length, "--gradient-checkpointing", "false", "--logging-steps", 1,
-              "--save-strategy", "no", "--seed", 0, "--output-dir", adapter)
-    steps.run("reward accuracy of the tuned model (reference-free)", "eval", "--model", adapter,
+              "--max-length", s.max_length, "--activation-checkpointing", "false", "--logging-steps", 1,
+              "--save-strategy", "no", "--seed", 0, "--output-dir", tuned, progress_bar=True)
+    steps.run("reward accuracy of the tuned model", "eval", "--model", tuned,
               "--reward-mode", "ref-free-mean", "--report", output_dir / "eval-after-ref-free", *common)
-    steps.run("implicit DPO reward accuracy + judged win-rate vs the base model", "eval", "--model", adapter,
-              "--judge", "llm-pairwise", "--judge-param", f"model={s.judge_model}",
-              "--max-prompts", s.judged_prompts, "--max-new-tokens", s.max_new_tokens,
-              "--report", output_dir / "eval-after", *common)
+    steps.run("implicit DPO reward accuracy + judged win-rate vs the base model", "eval", "--model", tuned,
+              "--ref", s.model, "--reward-mode", "dpo", "--judge", "llm-pairwise",
+              "--judge-param", f"model={s.judge_model}", "--max-prompts", s.judged_prompts,
+              "--max-new-tokens", s.max_new_tokens, "--report", output_dir / "eval-after", *common)
     from dpo_plugins.workflows.demo_report import write_demo_report
 
     return write_demo_report(output_dir, settings, steps.timings)
 
 
 class _Steps:
-    """Runs ``dpo`` subcommands in-process, timing each and stopping at the first failure."""
+    """Runs ``dpo`` subcommands in-process, timing each and stopping at the first failure.
 
-    def __init__(self, output_dir: Path, run_dpo: Callable[[List[str]], int]):
+
+    The terminal gets one line per step with its time (and the trainer's
+    progress bar for the training step); each step's command and its own
+    output go to ``OUTPUT_DIR/demo.log``.
+    """
+
+    def __init__(self, output_dir: Path, run_dpo: Callable[[List[str]], int], total: int):
         self.output_dir = output_dir
         self.run_dpo = run_dpo
+        self.log = output_dir / "demo.log"
+        self.total = total
         self.timings: list[tuple[str, float]] = []
 
-    def run(self, title: str, *argv) -> None:
+    def run(self, title: str, *argv, progress_bar: bool = False) -> None:
+        from dpo_plugins.console import step_output
+
         number = len(self.timings) + 1
-        print(f"\n[{number}] {title}\n    dpo {' '.join(map(str, argv))}", flush=True)
+        command = "dpo " + " ".join(map(str, argv))
+        print(f"[{number}/{self.total}] {title}", end="\n" if progress_bar else " ... ", flush=True)
+        with open(self.log, "a", encoding="utf-8") as log:
+            log.write(f"\n[{number}/{self.total}] {title}\n$ {command}\n")
         started = time.perf_counter()
-        code = self.run_dpo([str(arg) for arg in argv])
+        with step_output(self.log, keep_stderr=progress_bar):
+            code = self.run_dpo([str(arg) for arg in argv])
         elapsed = time.perf_counter() - started
         if code != 0:
-            raise DpoPluginsError(f"demo step {number} ({title}) failed with exit code {code}; "
-                                  f"outputs so far are in {self.output_dir}")
+            print("failed", flush=True)
+            raise DpoPluginsError(f"demo step {number} ({title}) failed with exit code {code}: `{command}`; "
+                                  f"its output is in {self.log}, earlier outputs in {self.output_dir}")
         self.timings.append((title, elapsed))
-        print(f"    done in {elapsed:.1f}s", flush=True)
+        print(f"{'    done in ' if progress_bar else ''}{elapsed:.1f}s", flush=True)
 
 
-def _split(pairs: Path, output_dir: Path, train_count: int, heldout_count: int) -> tuple[Path, Path]:
+def split_pairs(pairs: Path, output_dir: Path, train_count: int, heldout_count: int) -> tuple[Path, Path]:
     """The first pairs train; the last ones are held out (no overlap)."""
     lines = pairs.read_text(encoding="utf-8").splitlines(keepends=True)
     if len(lines) < train_count + heldout_count:

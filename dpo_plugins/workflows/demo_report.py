@@ -15,11 +15,12 @@ from pathlib import Path
 from dpo_plugins.evals.report import percent, pyplot, save_figure
 
 JUDGE_CAVEAT = (
-    "The judge is a small local model (`llm-pairwise` with SmolLM2-135M-Instruct by default; both orders, a win "
-    "only when both orders agree). A 135M model is a weak judge: it mostly follows position and surface cues, so expect many ties and a low "
-    "position consistency, and read the win-rate as a check that the pipeline runs end to end, not as evidence "
-    "that the tuned model is better. Use a strong judge (`openai-compatible` against a large model, or "
-    "`reward-model`) for real decisions; see docs/evals.md."
+    "The judge is a small local model (`llm-pairwise` with SmolLM2-135M-Instruct by default). It reads its "
+    "next-token probabilities of the labels A and B with the answers in both orders and averages them into one "
+    "preference per prompt, so its pull towards one position cancels and a tie is rare. A 135M model is still a "
+    "weak judge: it follows position and surface cues more than content, so read the win-rate as a check that "
+    "the pipeline runs end to end, not as evidence that the tuned model is better. Use a strong judge "
+    "(`openai-compatible` against a large model, or `reward-model`) for real decisions; see docs/evals.md."
 )
 
 
@@ -30,6 +31,15 @@ def _json(path: Path) -> dict:
 def _margins(report_dir: Path) -> list[float]:
     rows = [json.loads(line) for line in (report_dir / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
     return [row["margin"] for row in rows if row["margin"] is not None]
+
+
+def _with_interval(metrics: dict) -> dict:
+    """Reward accuracy (ties wrong) with its 95% Wilson interval over the held-out pairs."""
+    from .evals.stats import wilson_interval
+
+    n, accuracy = metrics["n_pairs"], metrics["reward_accuracy"]
+    correct = round(accuracy * n)  # accuracy is correct / n exactly
+    return {"accuracy": accuracy, "correct": correct, "n_pairs": n, "wilson_95": wilson_interval(correct, n - correct, 0)}
 
 
 def _training_curves(log_history: list[dict]) -> dict:
@@ -44,7 +54,8 @@ def summarise(output_dir: Path, settings, timings) -> dict:
     after = _json(output_dir / "eval-after" / "metrics.json")
     curves = _training_curves(_json(output_dir / "train" / "trainer_state.json")["log_history"])
     win_keys = ("wins", "losses", "ties", "win_rate", "win_rate_ci", "win_rate_ci_method", "lc_win_rate",
-                "lc_win_rate_note", "position_consistency", "avg_len_policy", "avg_len_baseline", "judge")
+                "lc_win_rate_note", "position_consistency", "first_position_rate", "avg_len_policy",
+                "avg_len_baseline", "judge")
     return {
         "settings": asdict(settings),
         "training": {"steps": curves["step"][-1] if curves["step"] else 0,
@@ -60,6 +71,9 @@ def summarise(output_dir: Path, settings, timings) -> dict:
             "reward_mode": before["reward_mode"],
             "implicit_reward_accuracy_after": after["reward_accuracy"],
             "implicit_reward_ties_after": after["reward_ties"],
+            "implicit_mean_margin_after": after["mean_margin"],
+            "with_interval": {"before": _with_interval(before), "after": _with_interval(after_ref_free),
+                              "implicit_after": _with_interval(after)},
         },
         "win_rate": {key: after.get(key) for key in win_keys},
         "timings_s": {title: round(seconds, 1) for title, seconds in timings},
@@ -73,19 +87,44 @@ def write_demo_report(output_dir: Path, settings, timings) -> dict:
     _plot_training(output_dir / "training.png", metrics["training"]["curves"])
     _plot_margins(output_dir / "margins.png", _margins(output_dir / "eval-before"),
                   _margins(output_dir / "eval-after-ref-free"))
+    _plot_implicit_margins(output_dir / "implicit_margins.png", _margins(output_dir / "eval-after"))
     shutil.copyfile(output_dir / "eval-after" / "win_rate.png", output_dir / "win_rate.png")
     (output_dir / "report.md").write_text(render(metrics), encoding="utf-8")
     return metrics
+
+
+SMOOTHING_WINDOW = 5
+
+
+def smooth(values: list[float], window: int = SMOOTHING_WINDOW) -> list[float]:
+    """Trailing mean over the last ``window`` steps: one batch of 8 pairs is a noisy estimate."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / len(values[max(0, i + 1 - window):i + 1])
+            for i in range(len(values))]
 
 
 def _plot_training(path: Path, curves: dict) -> None:
     plt = pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for axis, key in zip(axes, ("loss", "rewards/margins", "rewards/accuracies")):
-        axis.plot(curves["step"], curves[key], marker="o")
+        axis.plot(curves["step"], curves[key], marker=".", linewidth=0.8, alpha=0.4, label="per step")
+        axis.plot(curves["step"], smooth(curves[key]), linewidth=2,
+                  label=f"mean of the last {SMOOTHING_WINDOW} steps")
         axis.set_xlabel("step")
-        axis.set_title(key)
+        axis.set_title(f"{key} (training batches)")
     axes[0].axhline(0.6931, color="grey", linestyle="--", linewidth=1)
+    axes[0].legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def _plot_implicit_margins(path: Path, after: list[float]) -> None:
+    """Before training every implicit margin is exactly 0 (the policy is its reference)."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.hist(after, bins=25, color="tab:orange", alpha=0.8, label="after DPO")
+    axis.axvline(0, color="tab:blue", linewidth=2, label=f"base model: all {len(after)} margins are 0")
+    axis.set_xlabel("implicit reward margin, chosen - rejected (log-ratio vs the base model)")
+    axis.set_ylabel("held-out pairs")
+    axis.legend()
     save_figure(figure, path)
 
 
@@ -102,43 +141,72 @@ def _plot_margins(path: Path, before: list[float], after: list[float]) -> None:
     save_figure(figure, path)
 
 
+def _interval(entry: dict) -> str:
+    low, high = entry["wilson_95"]
+    return f"{percent(entry['accuracy'])} ({entry['correct']}/{entry['n_pairs']}; 95% CI {percent(low)}-{percent(high)})"
+
+
+INTERVAL_MEANING = (
+    "The 95% Wilson interval is the range of true accuracies that these {n} held-out pairs cannot rule out: "
+    "a lower bound above 50% means the tuned model prefers the chosen answers more often than chance would "
+    "explain; an interval that contains 50% means the demo cannot tell the difference from a coin flip."
+)
+
+
 def render(metrics: dict) -> str:
     s, t, h, w = metrics["settings"], metrics["training"], metrics["heldout"], metrics["win_rate"]
     ci = w["win_rate_ci"]
     ci_text = f"[{percent(ci[0])}, {percent(ci[1])}]" if ci else "n/a"
     timing_rows = "\n".join(f"| {title} | {seconds} |" for title, seconds in metrics["timings_s"].items())
+    intervals = h["with_interval"]
+    method = "LoRA" if s["lora"] else "full fine-tune"
+    position = w["first_position_rate"]
     return f"""# dpo demo report
 
-Model `{s['model']}` (`smollm2` = SmolLM2-135M-Instruct), LoRA, sigmoid DPO (beta {s['beta']}, lr {s['learning_rate']}, {t['steps']} steps of
-{s['batch_size']} pairs, max_length {s['max_length']}) on {s['train_pairs']} pairs of a customer's Azure OpenAI
-preference file (Anthropic HH-RLHF harmless-base pairs, MIT), evaluated on {h['n_pairs']} held-out pairs.
+Model `{s['model']}` (`smollm2` = SmolLM2-135M-Instruct), {method}, sigmoid DPO (beta {s['beta']}, lr {s['learning_rate']}
+{s['lr_scheduler_type']}, {t['steps']} steps of {s['batch_size']} pairs, max_length {s['max_length']}), the pairs drawn from the
+first {s['train_pairs']} pairs of a customer's Azure OpenAI preference file (Anthropic HH-RLHF harmless-base pairs, MIT), evaluated on the
+{h['n_pairs']} held-out pairs at the end of the file (never trained on).
+
+## Held-out implicit reward accuracy
+
+| | base model | after DPO |
+| --- | --- | --- |
+| implicit DPO reward accuracy (log-ratio vs the base model, RewardBench's definition; ties wrong) | every margin is 0: no preference | **{_interval(intervals['implicit_after'])}** |
+| mean implicit margin | 0 | {h['implicit_mean_margin_after']:.4f} |
+
+{INTERVAL_MEANING.format(n=h['n_pairs'])}
+
+![implicit margins](implicit_margins.png)
+
+## Held-out reference-free reward accuracy
+
+| | base model | after DPO |
+| --- | --- | --- |
+| {h['reward_mode']}: mean per-token log-prob, chosen > rejected; ties wrong | {_interval(intervals['before'])} | {_interval(intervals['after'])} |
+| mean margin | {h['mean_margin_before']:.4f} | {h['mean_margin_after']:.4f} |
+
+The base model already prefers many chosen answers by likelihood alone; this row shows how far DPO moved
+that without a reference.
+
+![margins](margins.png)
 
 ## Training
 
 Loss {t['first_loss']:.4f} -> {t['final_loss']:.4f} (ln 2 = 0.6931 at step 0: policy equals reference);
-final batch reward margin {t['final_rewards/margins']:.4f}, reward accuracy {percent(t['final_rewards/accuracies'])}
-(one training batch of {s['batch_size']} pairs: noisy).
+last-step batch reward margin {t['final_rewards/margins']:.4f}, reward accuracy {percent(t['final_rewards/accuracies'])}.
+One batch is {s['batch_size']} pairs, so the plots show each step faintly and the mean of the last few steps boldly.
 
 ![training](training.png)
-
-## Held-out reward accuracy
-
-| | base model | after DPO |
-| --- | --- | --- |
-| reward accuracy ({h['reward_mode']}: mean per-token log-prob, chosen > rejected; ties wrong) | {percent(h['reward_accuracy_before'])} | {percent(h['reward_accuracy_after'])} |
-| mean margin | {h['mean_margin_before']:.4f} | {h['mean_margin_after']:.4f} |
-| implicit DPO reward accuracy (log-ratio vs the base model; RewardBench's definition) | (0% by definition: every log-ratio is 0) | {percent(h['implicit_reward_accuracy_after'])} |
-
-With {h['n_pairs']} pairs one pair is {100 / h['n_pairs']:.1f} points: differences of a few points are noise.
-
-![margins](margins.png)
 
 ## Judged win-rate: tuned vs base on held-out prompts
 
 {w['wins']} wins, {w['ties']} ties, {w['losses']} losses; win rate {percent(w['win_rate'])} (ties count half),
-95% CI {ci_text} ({w['win_rate_ci_method']}); length-controlled: {percent(w['lc_win_rate'])}
-({w['lc_win_rate_note'] or 'fitted'}); judge position consistency {percent(w['position_consistency'])};
-mean answer length {w['avg_len_policy']:.1f} (tuned) vs {w['avg_len_baseline']:.1f} (base) characters.
+95% CI {ci_text} ({w['win_rate_ci_method']}); mean preference (AlpacaEval's win rate) {percent(w['win_rate'])}; length-controlled:
+{percent(w['lc_win_rate'])} ({w['lc_win_rate_note'] or 'fitted'}). Position bias: the judge gives the answer it sees
+first {percent(position)} preference on average (50% = none), and its verdict survives swapping the answers on
+{percent(w['position_consistency'])} of prompts. Mean answer length {w['avg_len_policy']:.1f} (tuned) vs
+{w['avg_len_baseline']:.1f} (base) characters.
 
 {JUDGE_CAVEAT}
 
@@ -151,6 +219,7 @@ mean answer length {w['avg_len_policy']:.1f} (tuned) vs {w['avg_len_baseline']:.
 {timing_rows}
 | **total** | **{metrics['total_s']}** |
 
-Each step's own outputs are in this folder: `train/` (adapter, `trainer_state.json`), `eval-before/`,
-`eval-after-ref-free/`, `eval-after/` (each with `metrics.json`, `pairs.jsonl`, `report.md`).
+Each step's command and console output are in `demo.log`; its own outputs in this folder: `train/` (the tuned
+model, `trainer_state.json`), `eval-before/`, `eval-after-ref-free/`, `eval-after/` (each with `metrics.json`,
+`pairs.jsonl`, `report.md`).
 """
