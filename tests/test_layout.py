@@ -70,6 +70,25 @@ def _imports(name: str, path: Path) -> set[str]:
 GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
+def _unresolved(name: str, path: Path) -> list[str]:
+    """``from X import`` lines of ``name`` whose package module X does not exist (a move left them stale)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    stale = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if base.startswith("dpo_plugins") and base not in MODULES:
+                stale.append(f"{name}:{node.lineno}: from {base}")
+    return stale
+
+
+def test_every_import_of_a_package_module_resolves():
+    assert [line for name, path in MODULES.items() for line in _unresolved(name, path)] == []
+
+
 def _layer(name: str) -> int:
     return next(rank for rank, (_, pattern) in enumerate(LAYERS) if re.fullmatch(pattern, name))
 

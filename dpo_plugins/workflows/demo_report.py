@@ -35,7 +35,7 @@ def _margins(report_dir: Path) -> list[float]:
 
 def _with_interval(metrics: dict) -> dict:
     """Reward accuracy (ties wrong) with its 95% Wilson interval over the held-out pairs."""
-    from .evals.stats import wilson_interval
+    from dpo_plugins.evals.stats import wilson_interval
 
     n, accuracy = metrics["n_pairs"], metrics["reward_accuracy"]
     correct = round(accuracy * n)  # accuracy is correct / n exactly
