@@ -33,7 +33,19 @@ THIRD_PARTY_NOISE = (
 )
 
 
-_HANDLER = logging.StreamHandler(sys.stderr)
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged (a redirect or a test's capture included)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it; the property above always wins
+        pass
+
+
+_HANDLER = _CurrentStderr()
 
 
 def show_info_logs(command: str) -> None:

@@ -22,14 +22,14 @@ def test_probability_judge_gives_continuous_preferences_everywhere(models, data,
         outputs[side].write_text("".join(json.dumps({"prompt": p, "output": t}) + "\n" for p, t in zip(prompts, texts)))
     assert main(["eval", "--model", str(models["policy"]), "--ref", str(models["ref"]), "--data", str(data),
                  "--report", str(report), "--judge", "llm-pairwise", "--judge-param", f"model={models['ref']}",
-                 "--judge-param", "probability=true", "--policy-outputs", str(outputs["policy"]),
+                 "--policy-outputs", str(outputs["policy"]),
                  "--baseline-outputs", str(outputs["baseline"]), "--no-progress"]) == 0
     capsys.readouterr()
     metrics = json.loads((report / "metrics.json").read_text())
     rows = [json.loads(line) for line in (report / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 3
-    for row in rows:  # P(a better) in each order; the policy's preference averages the two
-        first, swapped = row["verdict_policy_first"], row["verdict_baseline_first"]
+    for row in rows:  # llm-pairwise scores by default: P(a better) in each order; the preference averages the two
+        first, swapped = row["p_first_better_policy_first"], row["p_first_better_baseline_first"]
         assert isinstance(first, float) and isinstance(swapped, float)
         assert row["preference"] == pytest.approx(1 + (first + 1 - swapped) / 2, abs=1e-12)
     preferences = [row["preference"] for row in rows]

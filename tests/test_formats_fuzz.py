@@ -257,7 +257,8 @@ SIMPLE_AZURE = {"input": {"messages": [{"role": "system", "content": "Be brief."
 @pytest.mark.parametrize("target", BUILT_IN)
 def test_the_round_trip_properties_are_not_vacuous(target):
     """A plain row crosses every format exactly, so the properties above compare rows, not only refusals."""
-    row = SIMPLE_AZURE if target not in ("hh", "openai") else dict(SIMPLE_AZURE, input={"messages": [
+    # hh and rewardbench hold no system message; the openai profile is stricter about it
+    row = SIMPLE_AZURE if target not in ("hh", "openai", "rewardbench") else dict(SIMPLE_AZURE, input={"messages": [
         {"role": "user", "content": "Hi"}]})
     assert _round_trip("azure", row, target)[0] == row
     standard = {"prompt": "Hi", "chosen": "Hello.", "rejected": "What?", "id": "s1"}
