@@ -8,9 +8,18 @@ real SmolLM2-135M; they run in CI too.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from dpo_plugins import plugins
+
+
+# `accelerate launch` of two processes; --multi_gpu picks its torch.distributed launcher, and without GPUs
+# the processes join one gloo group on CPU (`dpo train` sets use_cpu there). Append `-m dpo_plugins ...`.
+TWO_PROCESSES = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_model
+from conftest import TWO_PROCESSES, build_tiny_model
 
 ROWS = [
     {"prompt": [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}],
@@ -31,13 +30,10 @@ def test_two_processes_give_identical_results(tmp_path, tokenizer):
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     args = ["eval", "--model", paths["policy"], "--ref", paths["ref"], "--data", data, "--batch-size", "2",
             "--judge", "exact-match", "--max-new-tokens", "4", "--no-progress", "--report"]
-    launcher = Path(sys.executable).parent / "accelerate"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     commands = {
         "one": [sys.executable, "-m", "dpo_plugins"],
-        # --multi_gpu picks accelerate's torchrun launcher; without GPUs the processes join with gloo on CPU.
-        "two": [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dpo_plugins"],
+        "two": [*TWO_PROCESSES, "-m", "dpo_plugins"],
     }
     outputs = {}
     for name, command in commands.items():

@@ -163,3 +163,52 @@ def test_smollm2_on_hh_pairs_with_token_level_losses_and_modifiers(smollm2_dir, 
         for key in ("logps/chosen", "logps/rejected", "rewards/margins"):
             if key in stock_entry:
                 assert our_entry[key] == pytest.approx(stock_entry[key], abs=1e-3, rel=1e-4), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["sft", "aot", "aot_unpaired"])
+def test_two_gloo_processes_train_exactly_like_stock_trl_under_two(tmp_path, tiny_model_dir, loss):
+    """`dpo train` under `accelerate launch` (2 CPU processes, gloo) equals stock DPOTrainer under the same launch.
+
+    TRL computes these losses within each process's share of the batch: ``sft`` is the mean NLL over that
+    share's chosen tokens, ``aot``/``aot_unpaired`` sort that share's log-ratios; DDP then averages the
+    two processes' gradients. So two processes of 2 pairs are not one process of 4 (docs/losses.md,
+    "Several processes"): `dpo train` matches TRL there. For sft and aot_unpaired the single process is
+    shown to differ, so this data does tell per-process from global semantics; for aot it cannot here:
+    over 3 steps the tiny policy ranks the pairs' log-ratios as the reference does, so every sort
+    pairs each log-ratio with its own reference and the per-process and global losses coincide.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import TWO_PROCESSES
+    from test_train import conversational_rows
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in conversational_rows()))
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--loss", loss, "--max-steps", "3",
+              "--logging-steps", "1", "--learning-rate", "1e-2", "--beta", "0.5", "--save-strategy", "no",
+              "--disable-tqdm", "true", "--seed", "3", "--gradient-checkpointing", "false"]
+    runs = {
+        "ours-two": [*TWO_PROCESSES, "-m", "dpo_plugins", "train", "--per-device-train-batch-size", "2"],
+        "stock-two": [*TWO_PROCESSES, str(Path(__file__).parent / "stock_dpo_train.py"),
+                      "--per-device-train-batch-size", "2"],
+    }
+    if loss != "aot":
+        runs["ours-one"] = [sys.executable, "-m", "dpo_plugins", "train", "--per-device-train-batch-size", "4"]
+    logs = {}
+    for name, command in runs.items():
+        result = subprocess.run([*command, *common, "--output-dir", str(tmp_path / name)], capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        state = json.loads((tmp_path / name / "trainer_state.json").read_text())
+        logs[name] = [entry for entry in state["log_history"] if "loss" in entry]
+    ours, stock = logs["ours-two"], logs["stock-two"]
+    assert len(ours) == len(stock) == 3 and len({round(e["loss"], 4) for e in ours}) == 3
+    assert [e["loss"] for e in ours] == pytest.approx([e["loss"] for e in stock], abs=1e-4, rel=0)
+    assert [e["grad_norm"] for e in ours] == pytest.approx([e["grad_norm"] for e in stock], abs=0, rel=1e-4)
+    if "ours-one" in logs:
+        # More than twice the tolerance: a global-batch version of the loss would fail the comparison above.
+        assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ours, logs["ours-one"])) > 2e-4

@@ -16,6 +16,7 @@ import pytest
 
 from dpo_plugins import cli, plugins
 from dpo_plugins.errors import DpoPluginsError
+from conftest import TWO_PROCESSES
 from test_train import conversational_rows
 
 LN2 = math.log(2)
@@ -225,13 +226,10 @@ def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, tiny_
                              str(tmp_path / "one"), "--per-device-train-batch-size", "4"],
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr
-    accelerate = Path(sys.executable).parent / "accelerate"
     for name, extra in (("two", []), ("two-precomputed", ["--precompute-ref-log-probs", "true"])):
-        # --multi_gpu picks accelerate's torch.distributed launcher; with no GPU, dpo train sets use_cpu -> gloo.
-        double = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-                                 "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dpo_plugins", "train",
-                                 *common, *extra, "--output-dir", str(tmp_path / name), "--per-device-train-batch-size",
-                                 "2"], capture_output=True, text=True, timeout=600)
+        double = subprocess.run([*TWO_PROCESSES, "-m", "dpo_plugins", "train", *common, *extra, "--output-dir",
+                                 str(tmp_path / name), "--per-device-train-batch-size", "2"],
+                                capture_output=True, text=True, timeout=600)
         assert double.returncode == 0, double.stderr
         assert ("reference log-probs for train" in double.stderr) == bool(extra)
     one = step_losses(tmp_path / "one")
