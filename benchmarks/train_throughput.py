@@ -10,6 +10,7 @@ pairs/s, and the per-step losses of the two are compared.
     python -m benchmarks.train_throughput                    # SmolLM2-135M, 3 rounds x 2 steps
     python -m benchmarks.train_throughput --rss              # + peak RSS of each, in separate processes
     python -m benchmarks.train_throughput --ref-cache        # first run vs a rerun on cached reference log-probs
+    python -m benchmarks.train_throughput --losses --rss     # sigmoid vs sigmoid+sft, WPO, LD-DPO (ours only)
 
 Timings on a shared machine are noisy: compare the ratios, taken in one run.
 """
@@ -84,56 +85,82 @@ def batches_in_trl_order(trainer, count):
     return [next(loader) for _ in range(count)]
 
 
-def setup(options, tmp, kinds=("stock", "packed"), **arg_overrides):
+# The A/B runs: stock TRL against ours, both on TRL's sigmoid loss.
+AB_RUNS = {"stock": ("stock", {}), "packed": ("packed", {})}
+# --losses: ours only, plain sigmoid against the loss API v2's token-level paths (docs/losses.md).
+LOSS_RUNS = {
+    "sigmoid": ("packed", {}),
+    "sigmoid+sft": ("packed", {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}),
+    "sigmoid, WPO": ("packed", {"use_weighting": True}),
+    "sigmoid, LD-DPO 0.5": ("packed", {"ld_alpha": 0.5}),
+}
+
+
+def setup(options, tmp, runs):
+    """One trainer per ``runs`` entry (name: (kind, DPOConfig overrides)), each on its own copy of the weights."""
     from datasets import Dataset
 
     base, tokenizer = load_smollm2(options.model)
     dataset = Dataset.from_list(hh_rows(options.pairs))
     trainers = {}
-    for kind in kinds:
-        args = dpo_args(Path(tmp) / kind, options, **arg_overrides)
-        trainers[kind] = make_trainer(kind, copy.deepcopy(base), copy.deepcopy(base), tokenizer, dataset, args)
+    for i, (name, (kind, overrides)) in enumerate(runs.items()):
+        args = dpo_args(Path(tmp) / str(i), options, **overrides)
+        trainers[name] = make_trainer(kind, copy.deepcopy(base), copy.deepcopy(base), tokenizer, dataset, args)
     del base
-    return trainers, tokenizer
+    return trainers
+
+
+def time_alternating(options, runs) -> tuple[dict, dict]:
+    """Seconds per round and per-step losses of each run, on the same batches; the order rotates each round."""
+    torch.manual_seed(options.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = setup(options, tmp, runs)
+        steps = options.rounds * options.steps_per_round
+        batches = batches_in_trl_order(next(iter(trainers.values())), steps)
+        steppers = {name: Stepper(t) for name, t in trainers.items()}
+        seconds = {name: [] for name in trainers}
+        losses = {name: [] for name in trainers}
+        names = list(trainers)
+        for r in range(options.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                for batch in batches[r * options.steps_per_round : (r + 1) * options.steps_per_round]:
+                    losses[name].append(steppers[name].step(batch))
+                seconds[name].append(time.perf_counter() - start)
+                print(f"round {r + 1} {name}: {seconds[name][-1]:.1f}s", file=sys.stderr, flush=True)
+    return seconds, losses
 
 
 def run_ab(options) -> dict:
-    torch.manual_seed(options.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainers, _ = setup(options, tmp)
-        steps = options.rounds * options.steps_per_round
-        batches = batches_in_trl_order(trainers["stock"], steps)
-        steppers = {kind: Stepper(t) for kind, t in trainers.items()}
-        seconds = {kind: [] for kind in trainers}
-        losses = {kind: [] for kind in trainers}
-        for r in range(options.rounds):
-            order = ["stock", "packed"] if r % 2 == 0 else ["packed", "stock"]
-            for kind in order:
-                start = time.perf_counter()
-                for batch in batches[r * options.steps_per_round : (r + 1) * options.steps_per_round]:
-                    losses[kind].append(steppers[kind].step(batch))
-                seconds[kind].append(time.perf_counter() - start)
-                print(f"round {r + 1} {kind}: {seconds[kind][-1]:.1f}s", file=sys.stderr, flush=True)
+    seconds, losses = time_alternating(options, AB_RUNS)
     pairs_per_round = options.steps_per_round * options.batch_size
     rows = [summary("stock TRL DPOTrainer", seconds["stock"], pairs_per_round), summary(OURS, seconds["packed"], pairs_per_round)]
     diffs = [abs(a - b) for a, b in zip(losses["stock"], losses["packed"])]
     return {"rows": rows, "losses": losses, "max_loss_diff": max(diffs)}
 
 
-def run_one_for_rss(options, kind) -> dict:
+def run_losses(options) -> dict:
+    """The cost of token-level access (sft), of WPO's ``log sum p^2`` and of LD-DPO's split, against sigmoid."""
+    runs = {name: LOSS_RUNS[name] for name in options.losses or LOSS_RUNS}
+    seconds, losses = time_alternating(options, runs)
+    pairs_per_round = options.steps_per_round * options.batch_size
+    return {"rows": [summary(name, seconds[name], pairs_per_round) for name in runs], "losses": losses}
+
+
+def run_one_for_rss(options, name) -> dict:
     """Child process: ``steps_per_round`` steps of one trainer, then its peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainers, _ = setup(options, tmp, kinds=(kind,))
-        stepper = Stepper(trainers[kind])
-        for batch in batches_in_trl_order(trainers[kind], options.steps_per_round):
+        trainer = setup(options, tmp, {name: {**AB_RUNS, **LOSS_RUNS}[name]})[name]
+        stepper = Stepper(trainer)
+        for batch in batches_in_trl_order(trainer, options.steps_per_round):
             stepper.step(batch)
-    return {"kind": kind, "peak_rss_mib": round(peak_rss_mib(), 1)}
+    return {"kind": name, "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
-def run_rss(options) -> list[dict]:
+def run_rss(options, names) -> list[dict]:
     results = []
-    for kind in ("stock", "packed"):
-        argv = [sys.executable, "-m", "benchmarks.train_throughput", "--rss-child", kind, *_forwarded(options)]
+    for name in names:
+        argv = [sys.executable, "-m", "benchmarks.train_throughput", "--rss-child", name, *_forwarded(options)]
         out = subprocess.run(argv, check=True, capture_output=True, text=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return results
@@ -222,7 +249,10 @@ def parse_args(argv=None):
     parser.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off here for both")
     parser.add_argument("--rss", action="store_true", help="also measure each trainer's peak RSS in its own process")
     parser.add_argument("--ref-cache", action="store_true", help="measure the cached-reference rerun instead")
-    parser.add_argument("--rss-child", choices=("stock", "packed"), help=argparse.SUPPRESS)
+    parser.add_argument("--losses", nargs="*", choices=list(LOSS_RUNS), metavar="NAME",
+                        help="ours only: sigmoid vs sigmoid+sft, WPO (--use-weighting) and LD-DPO (--ld-alpha 0.5); "
+                             "names select some of them (e.g. just 'sigmoid' to time one tree against another)")
+    parser.add_argument("--rss-child", choices=[*AB_RUNS, *LOSS_RUNS], help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser.parse_args(argv)
 
@@ -238,16 +268,22 @@ def main(argv=None) -> int:
         print_table(result["rows"], "first run (computes ref)", "pairs")
         print(f"max |loss difference|, per-step vs precomputed reference = {result['max_loss_diff']:.2e}")
         print(f"every rerun read the first run's cache entry: {result['reruns_read_the_cache']}")
+    elif options.losses is not None:
+        result = run_losses(options)
+        print_table(result["rows"], result["rows"][0]["name"], "pairs")
+        for name, losses in result["losses"].items():
+            print(f"per-step losses, {name}: {losses}")
     else:
         result = run_ab(options)
         print_table(result["rows"], "stock TRL DPOTrainer", "pairs")
         print(f"per-step losses: stock {result['losses']['stock']}")
         print(f"                 ours   {result['losses']['packed']}")
         print(f"max |loss difference| = {result['max_loss_diff']:.2e}")
-        if options.rss:
-            result["rss"] = run_rss(options)
-            for entry in result["rss"]:
-                print(f"peak RSS {entry['kind']}: {entry['peak_rss_mib']:.0f} MiB")
+    if options.rss and not options.ref_cache:
+        names = AB_RUNS if options.losses is None else [row["name"] for row in result["rows"]]
+        result["rss"] = run_rss(options, names)
+        for entry in result["rss"]:
+            print(f"peak RSS {entry['kind']}: {entry['peak_rss_mib']:.0f} MiB")
     if options.json:
         print(json.dumps(result))
     return 0

@@ -50,7 +50,8 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     from dpo_plugins.adapters.distributed import is_main_process, process_info, wait_for_everyone
     from dpo_plugins.errors import SelfReferenceError
 
-    from .reward_accuracy import accuracy_by_subset, check_not_self_reference, reward_metrics, score_pairs
+    from .reward_accuracy import (accuracy_by_subset, check_not_self_reference, reference_free_mean_metrics,
+                                  reward_metrics, score_pairs)
     from .report import write_report
     from .rewardbench_sections import section_scores
 
@@ -98,6 +99,8 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
                          max_length=request.max_length, truncation_mode=request.truncation_mode,
                          batch_size=request.batch_size, progress=request.progress, forward=request.forward)
     metrics = reward_metrics(scores.chosen_scores, scores.rejected_scores)
+    if request.reward_mode == "dpo":
+        metrics["ref_free_mean"] = reference_free_mean_metrics(scores)
     metrics.update({
         "n_dropped": len(request.rows) - len(pairs), "reward_mode": request.reward_mode,
         "model": str(request.model), "ref": request.ref, "data": request.data,

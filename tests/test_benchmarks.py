@@ -36,6 +36,21 @@ def test_train_benchmark_packed_losses_equal_stock_trl(run_benchmark, tiny_model
     assert result["max_loss_diff"] < 1e-5
 
 
+def test_loss_benchmark_measures_the_variants_it_names(run_benchmark, tiny_model_dir):
+    """Each timed run trains with what its name says: at step 1 the policy is the reference (log-ratios 0)."""
+    import math
+
+    result = run_benchmark("benchmarks.train_throughput", "--model", tiny_model_dir, "--pairs", 8, "--rounds", 2,
+                           "--steps-per-round", 1, "--batch-size", 4, "--losses")
+    assert [row["name"] for row in result["rows"]] == ["sigmoid", "sigmoid+sft", "sigmoid, WPO", "sigmoid, LD-DPO 0.5"]
+    first = {name: losses[0] for name, losses in result["losses"].items()}
+    assert first["sigmoid"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["sigmoid, LD-DPO 0.5"] == pytest.approx(math.log(2), abs=1e-6)  # LD-DPO reweights a zero ratio
+    assert first["sigmoid+sft"] > first["sigmoid"] + 1  # plus the chosen tokens' NLL (~ln of the vocabulary)
+    # ln 2 times the pair weights w_w * w_l, w = exp(mean(log p(y_t) - log sum_v p(v)^2)): near 1, never exactly
+    assert abs(first["sigmoid, WPO"] - first["sigmoid"]) > 1e-5
+
+
 def test_ref_cache_benchmark_trains_alike_with_and_without_the_cache(run_benchmark, tiny_model_dir):
     result = run_benchmark("benchmarks.train_throughput", "--model", tiny_model_dir, "--rounds", 2, "--steps-per-round", 2,
                            "--batch-size", 4, "--learning-rate", 1e-2, "--ref-cache")

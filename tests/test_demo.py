@@ -21,6 +21,7 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
                             max_new_tokens=4)
     output = fresh_output_dir(tmp_path / "demo")
     metrics = run_demo(output, main, settings)
+    console = capsys.readouterr()
 
     def read(name):
         return json.loads((output / name / "metrics.json").read_text())
@@ -29,28 +30,37 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
         return [json.loads(line) for line in (output / name / "generations.jsonl").read_text().splitlines()]
 
     assert json.loads((output / "metrics.json").read_text()) == metrics
-    heldout = metrics["heldout"]
-    assert heldout["reward_accuracy_before"] == read("eval-before")["reward_accuracy"]
-    assert heldout["reward_accuracy_after"] == read("eval-after-ref-free")["reward_accuracy"]
-    assert heldout["implicit_reward_accuracy_after"] == read("eval-after")["reward_accuracy"]
-    assert heldout["implicit_mean_margin_after"] == read("eval-after")["mean_margin"]
-    for key, step in (("before", "eval-before"), ("after", "eval-after-ref-free"), ("implicit_after", "eval-after")):
-        entry, own = heldout["with_interval"][key], read(step)
+    heldout, evaluation = metrics["heldout"], read("eval")
+    # Each model's reference-free numbers come from the one dpo eval, and equal that model's own ref-free eval.
+    alone = {}
+    for name, model in (("model", output / "train"), ("ref", tiny_model_dir)):
+        assert main(["eval", "--model", str(model), "--reward-mode", "ref-free-mean", "--data",
+                     str(output / "heldout.jsonl"), "--max-length", "192", "--no-progress", "--report",
+                     str(tmp_path / f"alone-{name}")]) == 0
+        alone[name] = json.loads((tmp_path / f"alone-{name}" / "metrics.json").read_text())
+        for key, value in evaluation["ref_free_mean"][name].items():
+            assert alone[name][key] == value, (name, key)
+    assert heldout["reward_accuracy_before"] == alone["ref"]["reward_accuracy"]
+    assert heldout["reward_accuracy_after"] == alone["model"]["reward_accuracy"]
+    assert heldout["implicit_reward_accuracy_after"] == evaluation["reward_accuracy"]
+    assert heldout["implicit_mean_margin_after"] == evaluation["mean_margin"]
+    for key, own in (("before", alone["ref"]), ("after", alone["model"]), ("implicit_after", evaluation)):
+        entry = heldout["with_interval"][key]
         n = own["n_pairs"]  # pairs whose prompt fits max_length; the others are counted in n_dropped
         assert entry["accuracy"] == own["reward_accuracy"] and entry["n_pairs"] == n == 6 - own["n_dropped"]
         assert entry["correct"] / n == own["reward_accuracy"]
         assert entry["wilson_95"] == wilson_interval(entry["correct"], n - entry["correct"], 0)
-    assert read("eval-after")["reward_mode"] == "dpo" and read("eval-after")["ref"] == str(tiny_model_dir)
+    assert evaluation["reward_mode"] == "dpo" and evaluation["ref"] == str(tiny_model_dir)
     win = metrics["win_rate"]
     assert win["wins"] + win["ties"] + win["losses"] == 2
     for key in ("wins", "ties", "losses", "win_rate", "win_rate_ci", "first_position_rate"):
-        assert win[key] == read("eval-after")[key], key
-    assert all("p_first_better_policy_first" in row for row in rows("eval-after"))  # the default judge scores
+        assert win[key] == evaluation[key], key
+    assert all("p_first_better_policy_first" in row for row in rows("eval"))  # the default judge scores
     state = json.loads((output / "train" / "trainer_state.json").read_text())
     assert metrics["training"]["curves"]["loss"] == [e["loss"] for e in state["log_history"] if "loss" in e]
     assert metrics["training"]["first_loss"] == pytest.approx(0.6931, abs=1e-4)
-    assert len(metrics["timings_s"]) == 6
-    for name in ("report.md", "training.png", "margins.png", "implicit_margins.png", "win_rate.png",
+    assert len(metrics["timings_s"]) == 4
+    for name in ("report.md", "training.png", "implicit_margins.png", "win_rate.png",
                  "train/model.safetensors", "demo.log"):
         assert (output / name).stat().st_size > 0, name
     report = (output / "report.md").read_text()
@@ -64,10 +74,9 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
     assert f"implicit DPO reward accuracy: {implicit['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})" in summary[0]
     assert f"{win['wins']}W/{win['ties']}T/{win['losses']}L" in summary[2]
 
-    console = capsys.readouterr()
     step_lines = [line for line in console.out.splitlines() if line.startswith("[")]
-    assert [line[:5] for line in step_lines] == [f"[{k}/6]" for k in range(1, 7)]
-    assert all(line.endswith("s") for line in step_lines if not line.startswith("[4/6]"))
+    assert [line[:5] for line in step_lines] == [f"[{k}/4]" for k in range(1, 5)]
+    assert all(line.endswith("s") for line in step_lines if not line.startswith("[3/4]"))
     assert "Loading weights" not in console.err and "FutureWarning" not in console.err
     assert "Tokenizing" not in console.err and "dpo train: loss =" not in console.err
     log = (output / "demo.log").read_text()

@@ -39,9 +39,9 @@ class DemoSettings:
     heldout_pairs: int = 100
     judged_prompts: int = 8
     lora: bool = False
-    max_steps: int = 12
+    max_steps: int = 36
     batch_size: int = 8
-    learning_rate: float = 1e-5
+    learning_rate: float = 2e-5
     lr_scheduler_type: str = "constant"
     beta: float = 0.1
     max_length: int = 512
@@ -55,15 +55,12 @@ def run_demo(output_dir: Path, run_dpo: Callable[[List[str]], int], settings: De
     ``run_dpo(argv)`` is the ``dpo`` entry point itself (``dpo_plugins.cli.main``,
     handed over by the demo command so this module needs no import of the CLI).
     """
-    steps = _Steps(output_dir, run_dpo, total=6)
+    steps = _Steps(output_dir, run_dpo, total=4)
     s = settings
     steps.run("validate the Azure preference file", "validate", data, "--from", "azure", "--profile", "azure")
     pairs = output_dir / "pairs.hf.jsonl"
     steps.run("convert Azure -> TRL pairs", "convert", data, pairs, "--from", "azure", "--to", "hf")
     train, heldout = split_pairs(pairs, output_dir, s.train_pairs, s.heldout_pairs)
-    common = ["--data", heldout, "--max-length", s.max_length, "--no-progress"]
-    steps.run(f"reward accuracy of the base model on {s.heldout_pairs} held-out pairs", "eval", "--model", s.model,
-              "--reward-mode", "ref-free-mean", "--report", output_dir / "eval-before", *common)
     tuned = output_dir / "train"
     lora = ["--lora"] if s.lora else []
     steps.run(f"DPO-train {'a LoRA adapter' if s.lora else 'the model'}: {s.max_steps} steps of {s.batch_size} pairs "
@@ -73,12 +70,13 @@ def run_demo(output_dir: Path, run_dpo: Callable[[List[str]], int], settings: De
               "--max-steps", s.max_steps, "--per-device-train-batch-size", s.batch_size,
               "--max-length", s.max_length, "--activation-checkpointing", "false", "--logging-steps", 1,
               "--save-strategy", "no", "--seed", 0, "--output-dir", tuned, progress_bar=True)
-    steps.run("reward accuracy of the tuned model", "eval", "--model", tuned,
-              "--reward-mode", "ref-free-mean", "--report", output_dir / "eval-after-ref-free", *common)
-    steps.run("implicit DPO reward accuracy + judged win-rate vs the base model", "eval", "--model", tuned,
-              "--ref", s.model, "--reward-mode", "dpo", "--judge", "llm-pairwise",
+    # One eval scores both models: the implicit rewards need the tuned and the base model's log-probs, and
+    # each model's own reference-free accuracy (before / after) comes from the same sums.
+    steps.run(f"reward accuracy on {s.heldout_pairs} held-out pairs + judged win-rate vs the base model", "eval",
+              "--model", tuned, "--ref", s.model, "--reward-mode", "dpo", "--data", heldout,
+              "--max-length", s.max_length, "--no-progress", "--judge", "llm-pairwise",
               "--judge-param", f"model={s.judge_model}", "--max-prompts", s.judged_prompts,
-              "--max-new-tokens", s.max_new_tokens, "--report", output_dir / "eval-after", *common)
+              "--max-new-tokens", s.max_new_tokens, "--report", output_dir / "eval")
     from dpo_plugins.workflows.demo_report import write_demo_report
 
     return write_demo_report(output_dir, settings, steps.timings)

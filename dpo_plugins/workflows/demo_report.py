@@ -1,7 +1,7 @@
 """The demo's own report: what the steps' outputs say, in one place.
 
 Reads what ``dpo train`` and ``dpo eval`` wrote (``trainer_state.json``,
-each eval's ``metrics.json`` and ``pairs.jsonl``) and writes the demo's
+the eval's ``metrics.json`` and ``pairs.jsonl``) and writes the demo's
 ``metrics.json``, ``report.md`` and plots. Nothing here recomputes a number.
 """
 
@@ -49,9 +49,8 @@ def _training_curves(log_history: list[dict]) -> dict:
 
 
 def summarise(output_dir: Path, settings, timings) -> dict:
-    before = _json(output_dir / "eval-before" / "metrics.json")
-    after_ref_free = _json(output_dir / "eval-after-ref-free" / "metrics.json")
-    after = _json(output_dir / "eval-after" / "metrics.json")
+    after = _json(output_dir / "eval" / "metrics.json")
+    before, after_ref_free = after["ref_free_mean"]["ref"], after["ref_free_mean"]["model"]
     curves = _training_curves(_json(output_dir / "train" / "trainer_state.json")["log_history"])
     win_keys = ("wins", "losses", "ties", "win_rate", "win_rate_ci", "win_rate_ci_method", "lc_win_rate",
                 "lc_win_rate_note", "position_consistency", "first_position_rate", "avg_len_policy",
@@ -68,7 +67,7 @@ def summarise(output_dir: Path, settings, timings) -> dict:
             "reward_accuracy_after": after_ref_free["reward_accuracy"],
             "mean_margin_before": before["mean_margin"],
             "mean_margin_after": after_ref_free["mean_margin"],
-            "reward_mode": before["reward_mode"],
+            "reward_mode": "ref-free-mean",
             "implicit_reward_accuracy_after": after["reward_accuracy"],
             "implicit_reward_ties_after": after["reward_ties"],
             "implicit_mean_margin_after": after["mean_margin"],
@@ -85,10 +84,8 @@ def write_demo_report(output_dir: Path, settings, timings) -> dict:
     metrics = summarise(output_dir, settings, timings)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     _plot_training(output_dir / "training.png", metrics["training"]["curves"])
-    _plot_margins(output_dir / "margins.png", _margins(output_dir / "eval-before"),
-                  _margins(output_dir / "eval-after-ref-free"))
-    _plot_implicit_margins(output_dir / "implicit_margins.png", _margins(output_dir / "eval-after"))
-    shutil.copyfile(output_dir / "eval-after" / "win_rate.png", output_dir / "win_rate.png")
+    _plot_implicit_margins(output_dir / "implicit_margins.png", _margins(output_dir / "eval"))
+    shutil.copyfile(output_dir / "eval" / "win_rate.png", output_dir / "win_rate.png")
     (output_dir / "report.md").write_text(render(metrics), encoding="utf-8")
     return metrics
 
@@ -124,19 +121,6 @@ def _plot_implicit_margins(path: Path, after: list[float]) -> None:
     axis.axvline(0, color="tab:blue", linewidth=2, label=f"base model: all {len(after)} margins are 0")
     axis.set_xlabel("implicit reward margin, chosen - rejected (log-ratio vs the base model)")
     axis.set_ylabel("held-out pairs")
-    axis.legend()
-    save_figure(figure, path)
-
-
-def _plot_margins(path: Path, before: list[float], after: list[float]) -> None:
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
-    bins = 20
-    axis.hist(before, bins=bins, alpha=0.6, label="base model")
-    axis.hist(after, bins=bins, alpha=0.6, label="after DPO")
-    axis.axvline(0, color="black", linewidth=1)
-    axis.set_xlabel("mean per-token log-prob margin, chosen - rejected (held-out pairs)")
-    axis.set_ylabel("pairs")
     axis.legend()
     save_figure(figure, path)
 
@@ -186,10 +170,9 @@ first {s['train_pairs']} pairs of a customer's Azure OpenAI preference file (Ant
 | {h['reward_mode']}: mean per-token log-prob, chosen > rejected; ties wrong | {_interval(intervals['before'])} | {_interval(intervals['after'])} |
 | mean margin | {h['mean_margin_before']:.4f} | {h['mean_margin_after']:.4f} |
 
-The base model already prefers many chosen answers by likelihood alone; this row shows how far DPO moved
-that without a reference.
-
-![margins](margins.png)
+Each model scored alone (no reference): how often its mean per-token log-prob of the chosen answer beats
+the rejected one's. The base model's column is its own preference before any training; the change to the
+tuned model's column is what DPO did to that preference, as distinct from the implicit reward above.
 
 ## Training
 
@@ -220,6 +203,6 @@ first {percent(position)} preference on average (50% = none), and its verdict su
 | **total** | **{metrics['total_s']}** |
 
 Each step's command and console output are in `demo.log`; its own outputs in this folder: `train/` (the tuned
-model, `trainer_state.json`), `eval-before/`, `eval-after-ref-free/`, `eval-after/` (each with `metrics.json`,
-`pairs.jsonl`, `report.md`).
+model, `trainer_state.json`) and `eval/` (`metrics.json` with both models' reference-free metrics under
+`ref_free_mean`, `pairs.jsonl`, `generations.jsonl`, `report.md`).
 """
