@@ -73,6 +73,10 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
     low, high = implicit["wilson_95"]
     assert f"implicit DPO reward accuracy: {implicit['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})" in summary[0]
     assert f"{win['wins']}W/{win['ties']}T/{win['losses']}L" in summary[2]
+    # the interval is the verdicts' (ties half), so it is printed next to that rate, not the mean preference
+    ci = win["win_rate_ci"]
+    assert f"{win['discrete_win_rate']:.1%} with ties half (95% CI {ci[0]:.1%}-{ci[1]:.1%})" in summary[2]
+    assert win["discrete_win_rate"] == evaluation["discrete_win_rate"]
 
     step_lines = [line for line in console.out.splitlines() if line.startswith("[")]
     assert [line[:5] for line in step_lines] == [f"[{k}/4]" for k in range(1, 5)]

@@ -49,7 +49,8 @@ def summary_lines(metrics: dict) -> list[str]:
         f"{heldout['n_pairs']} pairs never trained on (base model: every margin 0)",
         f"held-out {heldout['reward_mode']} reward accuracy: {accuracy(intervals['before'])} before, "
         f"{accuracy(intervals['after'])} after",
-        f"win-rate vs base: {win['win_rate']:.1%} ({win_ci}; {win['wins']}W/{win['ties']}T/{win['losses']}L); "
-        f"judge's first-position preference {win['first_position_rate']:.1%} (small self-judge: see the report's caveat)",
+        f"judged vs base: {win['wins']}W/{win['ties']}T/{win['losses']}L, {win['discrete_win_rate']:.1%} with ties "
+        f"half ({win_ci}); mean preference {win['win_rate']:.1%}; judge's first-position preference "
+        f"{win['first_position_rate']:.1%} (small self-judge: see the report's caveat)",
         f"total {metrics['total_s']:.0f}s",
     ]

@@ -52,7 +52,7 @@ def summarise(output_dir: Path, settings, timings) -> dict:
     after = _json(output_dir / "eval" / "metrics.json")
     before, after_ref_free = after["ref_free_mean"]["ref"], after["ref_free_mean"]["model"]
     curves = _training_curves(_json(output_dir / "train" / "trainer_state.json")["log_history"])
-    win_keys = ("wins", "losses", "ties", "win_rate", "win_rate_ci", "win_rate_ci_method", "lc_win_rate",
+    win_keys = ("wins", "losses", "ties", "discrete_win_rate", "win_rate", "win_rate_ci", "win_rate_ci_method", "lc_win_rate",
                 "lc_win_rate_note", "position_consistency", "first_position_rate", "avg_len_policy",
                 "avg_len_baseline", "judge")
     return {
@@ -184,7 +184,7 @@ One batch is {s['batch_size']} pairs, so the plots show each step faintly and th
 
 ## Judged win-rate: tuned vs base on held-out prompts
 
-{w['wins']} wins, {w['ties']} ties, {w['losses']} losses; win rate {percent(w['win_rate'])} (ties count half),
+{w['wins']} wins, {w['ties']} ties, {w['losses']} losses: {percent(w['discrete_win_rate'])} with ties counting half,
 95% CI {ci_text} ({w['win_rate_ci_method']}); mean preference (AlpacaEval's win rate) {percent(w['win_rate'])}; length-controlled:
 {percent(w['lc_win_rate'])} ({w['lc_win_rate_note'] or 'fitted'}). Position bias: the judge gives the answer it sees
 first {percent(position)} preference on average (50% = none), and its verdict survives swapping the answers on
