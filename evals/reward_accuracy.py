@@ -36,8 +36,8 @@ class PairScores:
     rejected_lengths: list
     chosen_logratios: list = field(default_factory=list)
     rejected_logratios: list = field(default_factory=list)
-    ref_chosen_logps: list = field(default_factory=list)  # dpo mode: the reference's sums
-    ref_rejected_logps: list = field(default_factory=list)
+    # dpo mode: each model scored alone in ref-free-mean mode, {"model": PairScores, "ref": PairScores}
+    ref_free_mean: dict = field(default_factory=dict)
 
     def rows(self) -> list[dict]:
         """One dict per pair, for ``pairs.jsonl``."""
@@ -62,23 +62,13 @@ class PairScores:
 
 
 def reference_free_mean_metrics(scores: PairScores) -> dict:
-    """In dpo mode, each model's own ``ref-free-mean`` metrics on the same pairs, from the sums already computed.
+    """In dpo mode, each model's own ``ref-free-mean`` metrics on the same pairs: ``{"model": ..., "ref": ...}``.
 
-    ``{"model": ..., "ref": ...}``, each :func:`reward_metrics` of the mean
-    per-token log-probs: what ``--reward-mode ref-free-mean`` reports for
-    that model alone, without another forward (the reference's sums are the
-    ones the implicit rewards used, its completion lengths the policy's).
+    The scores come from the sums the implicit rewards used, through the
+    same code as ``--reward-mode ref-free-mean``, so each equals that
+    model's own ref-free-mean eval without another forward.
     """
-    def means(chosen, rejected):
-        return ([_divide(x, n) for x, n in zip(chosen, scores.chosen_lengths)],
-                [_divide(x, n) for x, n in zip(rejected, scores.rejected_lengths)])
-
-    return {"model": reward_metrics(*means(scores.chosen_logps, scores.rejected_logps)),
-            "ref": reward_metrics(*means(scores.ref_chosen_logps, scores.ref_rejected_logps))}
-
-
-def _divide(total, count):
-    return None if total is None or not count else total / count
+    return {name: reward_metrics(own.chosen_scores, own.rejected_scores) for name, own in scores.ref_free_mean.items()}
 
 
 def finite_or_none(value) -> float | None:
@@ -186,7 +176,9 @@ def score_pairs(
             computed = logps_fn(reference, pairs, desc="reference log-probs", **logps_kwargs)
             reference_logps = computed.chosen, computed.rejected
         ref_chosen, ref_rejected = reference_logps
-        scores.ref_chosen_logps, scores.ref_rejected_logps = _floats(ref_chosen), _floats(ref_rejected)
+        reference_sums = PairLogps(ref_chosen, ref_rejected, policy_logps.chosen_lengths, policy_logps.rejected_lengths)
+        scores.ref_free_mean = {"model": _scores_from(policy_logps, "ref-free-mean"),
+                                "ref": _scores_from(reference_sums, "ref-free-mean")}
         scores.chosen_logratios = _floats(policy_logps.chosen - ref_chosen)
         scores.rejected_logratios = _floats(policy_logps.rejected - ref_rejected)
         scores.chosen_scores, scores.rejected_scores = scores.chosen_logratios, scores.rejected_logratios

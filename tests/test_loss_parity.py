@@ -13,9 +13,15 @@ side differs there, and for the steep losses of :data:`STEEP`).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from test_train import assert_same_training, dpo_config, make_trainer
+from conftest import TWO_PROCESSES
+from test_train import assert_same_training, conversational_rows, dpo_config, make_trainer
 
 # (loss_type, loss_weights, DPOConfig overrides); beta 0.5 moves the tiny model visibly in 3 steps.
 LOSS_CASES = [
@@ -178,14 +184,6 @@ def test_two_gloo_processes_train_exactly_like_stock_trl_under_two(tmp_path, tin
     over 3 steps the tiny policy ranks the pairs' log-ratios as the reference does, so every sort
     pairs each log-ratio with its own reference and the per-process and global losses coincide.
     """
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import TWO_PROCESSES
-    from test_train import conversational_rows
-
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in conversational_rows()))
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--loss", loss, "--max-steps", "3",
