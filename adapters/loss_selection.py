@@ -40,7 +40,7 @@ class LossTerm:
     weight: float
     params: Mapping[str, Any]
     needs_reference: bool
-    needs: frozenset = frozenset()  # Loss.needs and Loss.modifiers of the registry record (loss API v2)
+    needs: frozenset = frozenset()  # Loss.needs and Loss.modifiers of the registry record
     modifiers: frozenset = frozenset()
 
     def describe(self) -> str:

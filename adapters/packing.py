@@ -252,7 +252,7 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
     sums = head.weight.new_zeros(2 * n_pairs, dtype=logps_dtype or _log_softmax_dtype(head.weight.dtype))
     owner_index = torch.tensor(owners, dtype=torch.long, device=device)
     stats = [] if token_sums else None
-    sq_stats = [] if log_sum_sq else None  # dpo-plugins loss API v2: WPO's statistic, chunk by chunk
+    sq_stats = [] if log_sum_sq else None  # WPO's statistic, chunk by chunk
     logps = sums[:0]
     if hidden:
         targets = torch.tensor(target_ids, device=device)
@@ -265,7 +265,7 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
     lengths = torch.tensor(lengths, dtype=torch.float32, device=device)
     result = PairLogps(sums[0::2], sums[1::2], lengths[:, 0], lengths[:, 1])
     tokens = None
-    if per_token:  # dpo-plugins loss API v2: rows [chosen_1..B, rejected_1..B] as TRL's collator orders them
+    if per_token:  # rows [chosen_1..B, rejected_1..B] as TRL's collator orders them
         from .token_logps import TokenLogps
 
         rows = [(owner % 2) * n_pairs + owner // 2 for owner in owners]

@@ -90,7 +90,7 @@ class PairForward:
     rejected_lengths: Any
     token_stats: Optional[TokenStats] = None
     aux_loss: Any = None
-    # loss API v2: per-token log-probs (a token_logps.TokenLogps) when the losses or modifiers need them;
+    # per-token log-probs (a token_logps.TokenLogps) when the losses or modifiers need them;
     # ref_tokens only for LD-DPO with a per-step reference forward.
     tokens: Any = None
     ref_tokens: Any = None
@@ -99,7 +99,7 @@ class PairForward:
 
 @contextlib.contextmanager
 def _settings_trl_accepts(args, forward_needs):
-    """Loss API v2: ``DPOTrainer.__init__`` checks the modifiers and ``label_smoothing`` against TRL's own
+    """``DPOTrainer.__init__`` checks the modifiers and ``label_smoothing`` against TRL's own
     loss names (which a plugin's is not, and a built-in's parameters have their own defaults; ours were
     checked against the losses' declarations), and adds WPO's statistic to its fused LM head only under
     ``use_weighting``. Show it settings it accepts, then restore the user's (only TRL's loss chain, which
@@ -144,11 +144,10 @@ class PluginDPOTrainer(DPOTrainer):
         # dpo train selects (and checks) the losses before loading anything and hands them over
         self.loss_terms = loss_terms or select_losses(args, loss_params, ref_model is not None)
         self.needs_reference = any(term.needs_reference for term in self.loss_terms)
-        # -- loss API v2: what the forward computes, and the modifiers (checked above against the losses) --
+        # -- what the forward computes, and the modifiers (checked above against the losses) --
         from .modifiers import forward_needs
 
         self.forward_needs = forward_needs(self.loss_terms, args)
-        # -- end of loss API v2 block --
         self.check_reference = check_reference and self.needs_reference
         # Health checks still to run, and how many logs in a row sat at ln 2.
         self._reference_checked = not self.check_reference
@@ -185,7 +184,7 @@ class PluginDPOTrainer(DPOTrainer):
         with self._reference_context():
             chosen, rejected, hit = reference_logps(
                 reference, self.processing_class, pairs, self.args.max_length, self.args.truncation_mode, batch_size,
-                self.ref_cache, ld_alpha=self.args.ld_alpha,  # loss API v2: LD-DPO's reference sums
+                self.ref_cache, ld_alpha=self.args.ld_alpha,  # LD-DPO's reference sums
             )
         logger.info("reference log-probs for %s: %s", name, "read from the cache" if hit else "computed and cached")
         return dataset.add_column("ref_chosen_logps", chosen.tolist()).add_column("ref_rejected_logps", rejected.tolist())
@@ -239,7 +238,7 @@ class PluginDPOTrainer(DPOTrainer):
                 ref_outputs = reference(**ref_kwargs, labels=labels, fused_lm_head=True)
             ref_chosen_logps, ref_rejected_logps = ref_outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
 
-        # -- loss API v2: per-token log-probs, for the losses and modifiers that need them --
+        # -- per-token log-probs, for the losses and modifiers that need them --
         tokens = ref_tokens = None
         if "tokens" in self.forward_needs:
             from .token_logps import TokenLogps
@@ -248,7 +247,6 @@ class PluginDPOTrainer(DPOTrainer):
             tokens = TokenLogps.from_sequences(outputs.log_probs[:, -seq_len:], completion_mask[..., 1:], sq)
             if self.args.ld_alpha is not None and self.needs_reference and not self.precompute_ref_logps:
                 ref_tokens = TokenLogps.from_sequences(ref_outputs.log_probs[:, -seq_len:], completion_mask[..., 1:])
-        # -- end of loss API v2 block --
         return PairForward(
             chosen_logps,
             rejected_logps,
@@ -266,7 +264,7 @@ class PluginDPOTrainer(DPOTrainer):
         """The same sums from the prefix-shared, packed forward (:mod:`dpo_plugins.adapters.packing`)."""
         from dpo_plugins.adapters.packing import collated_pair_logps
 
-        # loss API v2: per-token log-probs (and WPO's statistic) only when the losses or modifiers need them
+        # per-token log-probs (and WPO's statistic) only when the losses or modifiers need them
         per_token, log_sum_sq = "tokens" in self.forward_needs, "log_sum_sq_probs" in self.forward_needs
         out = collated_pair_logps(model, inputs, token_sums=True, per_token=per_token, log_sum_sq=log_sum_sq)
         (policy, sums), tokens = out[:2], (out[2] if per_token else None)
@@ -324,7 +322,7 @@ class PluginDPOTrainer(DPOTrainer):
             )
         mode = "train" if self.model.training else "eval"
         forward = self.compute_pair_logps(model, inputs)
-        # -- loss API v2: LD-DPO sums, f-divergence scores, token fields, WPO weights, the losses' metrics --
+        # -- LD-DPO sums, f-divergence scores, token fields, WPO weights, the losses' metrics --
         from .loss_eval import build_loss_batch, combined_loss, with_ld_sums
 
         forward = with_ld_sums(forward, self.args.ld_alpha)
@@ -334,7 +332,6 @@ class PluginDPOTrainer(DPOTrainer):
         for name, value in loss_metrics.items():
             value = torch.as_tensor(value, device=forward.chosen_logps.device).detach().float()
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
-        # -- end of loss API v2 block --
         if forward.aux_loss is not None:
             loss = loss + self.router_aux_loss_coef * forward.aux_loss
             self._metrics[mode]["aux_loss"].append(

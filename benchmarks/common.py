@@ -11,7 +11,7 @@ from importlib import resources
 
 def hh_rows(limit: int) -> list[dict]:
     """The first ``limit`` pairs of the shipped HH-RLHF slice, as TRL conversational rows."""
-    from dpo_plugins.formats.pipeline import read_trl_rows
+    from dpo_plugins.workflows.convert import read_trl_rows
 
     path = resources.files("dpo_plugins") / "data" / "hh-rlhf" / "harmless-base-test-first400.jsonl.gz"
     return read_trl_rows(str(path), "hh")[:limit]

@@ -1,6 +1,6 @@
 """The ``dpo`` command: parse, call, report.
 
-Each subcommand lives in ``dpo_plugins/commands/<name>.py`` with ``HELP``,
+Each subcommand lives in ``dpo_plugins/commands/`` (:data:`COMMANDS`) with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Every subcommand accepts
 ``--plugin MOD`` (repeatable) to load extra plugin modules first. A command
 that sets ``ACCEPTS_EXTRA_ARGUMENTS = True`` gets the arguments it did not
@@ -28,7 +28,9 @@ from .console import silence_third_party_deprecations
 from .errors import DpoPluginsError, Terminated
 from .plugins import load_module, load_plugins, plugin_of_file
 
-COMMANDS = ("plugins", "convert", "validate", "train", "eval", "winrate", "demo", "merge", "anneal")
+# Subcommand -> its module in commands/: the subcommand's name, but for `plugins` (beside the host's plugins.py).
+COMMANDS = {"plugins": "list_plugins", "convert": "convert", "validate": "validate", "train": "train", "eval": "eval",
+            "winrate": "winrate", "demo": "demo", "merge": "merge", "anneal": "anneal"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dpo-plugins {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        command = importlib.import_module(f"{__package__}.commands.{name}")
+    for name, module in COMMANDS.items():
+        command = importlib.import_module(f"{__package__}.commands.{module}")
         sub = subcommands.add_parser(name, parents=[common], help=command.HELP, description=command.__doc__,
                                     allow_abbrev=False)
         command.add_arguments(sub)

@@ -9,8 +9,9 @@ Two kinds of noise reach a ``dpo`` user that they cannot act on:
   :func:`silence_third_party_deprecations` (every ``dpo`` command) drops
   exactly those messages;
 - per-load progress bars (transformers' "Loading weights", datasets'
-  "Tokenizing ..."), several per command. :func:`step_output` (``dpo demo``)
-  turns them off while it sends a step's own output to a log file.
+  "Tokenizing ..."), several per command. ``dpo demo`` turns them off
+  (:func:`dpo_plugins.adapters.progress.progress_bars_off`) while
+  :func:`step_output` sends a step's own output to a log file.
 
 Our own warnings go through :mod:`logging` (the ``dpo_plugins`` logger), so
 they can be filtered, captured and redirected like any other log line;
@@ -68,10 +69,8 @@ def step_output(log_path: Path, keep_stderr: bool = False) -> Iterator[None]:
 
     With ``keep_stderr`` the terminal keeps stderr, where the trainer draws
     its one progress bar; our INFO lines still go to the log, and warnings
-    of ours still reach the terminal. Per-load progress bars are off
-    meanwhile.
+    of ours still reach the terminal.
     """
-    bars = _progress_bars_off()
     log = logging.getLogger("dpo_plugins")
     with open(log_path, "a", encoding="utf-8") as stream, contextlib.ExitStack() as stack:
         stack.enter_context(contextlib.redirect_stdout(stream))
@@ -87,23 +86,4 @@ def step_output(log_path: Path, keep_stderr: bool = False) -> Iterator[None]:
         finally:
             _HANDLER.setLevel(console_level)
             log.removeHandler(to_file)
-            bars()
 
-
-def _progress_bars_off():
-    """Turn transformers' and datasets' per-load bars off; return the undo."""
-    import datasets
-    import transformers
-
-    was_transformers = transformers.utils.logging.is_progress_bar_enabled()
-    was_datasets = datasets.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-    def restore():
-        if was_transformers:
-            transformers.utils.logging.enable_progress_bar()
-        if was_datasets:
-            datasets.enable_progress_bars()
-
-    return restore

@@ -32,7 +32,7 @@ from .specs import Format, Judge, Loss, MergeMethod
 ENTRY_POINT_GROUP = "dpo_plugins"
 
 DEFAULT_PLUGINS = (
-    "dpo_plugins.default_plugins.formats",
+    "dpo_plugins.default_plugins.format_converters",
     "dpo_plugins.default_plugins.losses",
     "dpo_plugins.default_plugins.reference_free_losses",
     "dpo_plugins.default_plugins.research_losses",

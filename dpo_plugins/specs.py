@@ -60,7 +60,7 @@ class Format:
     max_example_tokens: Optional[int] = None
 
 
-# -- Loss API v2: what a loss may ask for (``Loss.needs``) and opt into (``Loss.modifiers``) --
+# -- What a loss may ask for (``Loss.needs``) and opt into (``Loss.modifiers``) --
 # "tokens": per-token policy log-probs and masks of both completions;
 # "log_sum_sq_probs": per-token log sum_v p(v)^2 (WPO's statistic), computed inside the chunked LM head.
 LOSS_NEEDS = frozenset({"tokens", "log_sum_sq_probs"})
@@ -237,13 +237,18 @@ class StageInfo:
 class Checkpoint:
     """A checkpoint directory under inspection, with cached loaders.
 
-    Checks share one tokenizer and one model (loaded on first use, on CPU,
-    in the dtype the checkpoint was saved in).
+    Checks share one tokenizer and one model, loaded on first use (on CPU,
+    in the dtype the checkpoint was saved in) by the loaders the workflow
+    hands over: ``dpo_plugins.adapters.models.open_checkpoint`` builds one
+    with transformers' loaders, so this module stays free of it.
     """
 
-    def __init__(self, path, dtype: Optional[str] = None):
+    def __init__(self, path, dtype: Optional[str] = None, *, load_tokenizer: Callable[[Path], Any],
+                 load_model: Callable[[Path], Any]):
         self.path = Path(path)
         self.dtype = dtype
+        self._load_tokenizer = load_tokenizer
+        self._load_model = load_model
 
     def config(self) -> dict:
         return self._config
@@ -257,15 +262,11 @@ class Checkpoint:
 
     @cached_property
     def _tokenizer(self):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.path)
+        return self._load_tokenizer(self.path)
 
     def model(self):
         return self._model
 
     @cached_property
     def _model(self):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(self.path, dtype="auto").eval()
+        return self._load_model(self.path)

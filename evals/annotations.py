@@ -108,7 +108,7 @@ def write_alpaca_eval(directory, instructions: Sequence[Any], model_outputs: Seq
     Chat prompts become their text (AlpacaEval's instructions are strings).
     Each file is written next to its target and renamed into place.
     """
-    from .winrate import prompt_text
+    from .judging import prompt_text
 
     texts = [prompt_text(i) for i in instructions]
     outputs = [{"dataset": dataset, "instruction": t, "output": o, "generator": generator}

@@ -103,7 +103,7 @@ def load_for_eval(path):
 def _winrate(policy_path: Path, baseline_path: Path, rows, settings) -> Dict[str, Any]:
     """The annealed model (policy) against the merged model (baseline), judged in both orders."""
     from dpo_plugins.adapters.models import load_tokenizer
-    from dpo_plugins.evals.winrate import GenerationSettings, generate, judge_both_orders, unique_prompts
+    from dpo_plugins.evals.judging import GenerationSettings, generate, judge_both_orders, unique_prompts
 
     prompts = unique_prompts(rows)
     generation = GenerationSettings(max_new_tokens=settings.get("max_new_tokens", 128))

@@ -176,7 +176,7 @@ def _same_path(a: str, b: str) -> bool:
 
 def _win_rate(request: EvalRequest, policy, tokenizer, reference, load):
     from dpo_plugins.adapters.distributed import is_main_process
-    from .winrate import GenerationSettings, generate, judge_both_orders, pair_outputs, prompt_key, read_outputs, unique_prompts
+    from .judging import GenerationSettings, generate, judge_both_orders, pair_outputs, prompt_key, read_outputs, unique_prompts
 
     settings = GenerationSettings(**request.generation)
     if request.policy_outputs:

@@ -7,7 +7,7 @@ import itertools
 import tempfile
 from pathlib import Path
 
-from dpo_plugins.formats.pipeline import read_trl_rows
+from dpo_plugins.workflows.convert import read_trl_rows
 
 HH_FILE = Path(__file__).resolve().parent.parent / "dpo_plugins" / "data" / "hh-rlhf" / "harmless-base-test-first400.jsonl.gz"
 

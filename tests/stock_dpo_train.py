@@ -18,7 +18,7 @@ def main(argv: list[str]) -> None:
 
     from dpo_plugins import cli
     from dpo_plugins.adapters.models import load_model, load_tokenizer
-    from dpo_plugins.formats.pipeline import read_trl_rows
+    from dpo_plugins.workflows.convert import read_trl_rows
     from dpo_plugins.workflows.train import build_settings
 
     args, extra = cli.build_parser().parse_known_args(["train", *argv])

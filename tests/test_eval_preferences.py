@@ -64,7 +64,7 @@ class ProbabilityJudges:
 
 def test_plugin_probabilities_become_preferences_and_bad_ones_are_refused(registered):
     from dpo_plugins.errors import PluginError
-    from dpo_plugins.evals.winrate import judge_both_orders
+    from dpo_plugins.evals.judging import judge_both_orders
 
     registered(ProbabilityJudges(), "probability-judges")
     metrics, rows = judge_both_orders("confident", ["p1", "p2"], ["x", "x"], ["y", "y"])

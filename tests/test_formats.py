@@ -14,8 +14,8 @@ from dpo_plugins import Format, hookimpl
 from dpo_plugins.cli import main
 from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.formats import azure
-from dpo_plugins.formats.pipeline import FileSummary
-from dpo_plugins.formats.pipeline import read_trl_rows
+from dpo_plugins.workflows.convert import FileSummary
+from dpo_plugins.workflows.convert import read_trl_rows
 from dpo_plugins.records import PreferenceRecord, Problem, RecordError
 
 DATA = Path(__file__).parent / "data"

@@ -14,7 +14,7 @@ import pytest
 
 from dpo_plugins import Format, hookimpl
 from dpo_plugins.errors import DpoPluginsError
-from dpo_plugins.formats.pipeline import validate
+from dpo_plugins.workflows.convert import validate
 from dpo_plugins.records import PreferenceRecord
 from test_formats import RICH_AZURE, dpo, read_jsonl, write_jsonl
 

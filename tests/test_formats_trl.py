@@ -8,7 +8,7 @@ from dpo_plugins.cli import main
 from conftest import build_tiny_model
 from test_formats import HH
 
-from dpo_plugins.formats.pipeline import read_trl_rows
+from dpo_plugins.workflows.convert import read_trl_rows
 
 
 def test_hh_to_azure_to_hf_output_trains_a_step_in_stock_dpo_trainer(tmp_path, tokenizer):
@@ -34,7 +34,7 @@ def test_token_checks_match_what_dpo_trainer_builds_and_drops(tmp_path, tokenize
     from trl import DPOConfig, DPOTrainer
 
     from dpo_plugins.formats.token_checks import TokenChecks
-    from dpo_plugins.formats.pipeline import Report, _formats, records
+    from dpo_plugins.workflows.convert import Report, _formats, records
 
     rows = read_trl_rows(HH)[:40]
     max_length = 128

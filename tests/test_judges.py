@@ -12,7 +12,7 @@ from conftest import build_tiny_model
 from dpo_plugins import Judge, hookimpl
 from dpo_plugins.default_plugins.judges import PAIRWISE_TEMPLATE, prompt_text
 from dpo_plugins.errors import DpoPluginsError, PluginError
-from dpo_plugins.evals.winrate import judge_both_orders
+from dpo_plugins.evals.judging import judge_both_orders
 
 PROMPTS = ["Capital of France?", "2+2?", "Largest planet?"]
 

@@ -110,6 +110,28 @@ def test_adapters_import_nothing_from_evals_commands_or_cli():
             if forbidden.fullmatch(t)] == []
 
 
+# The libraries whose classes and internals only adapters/ may touch (torch tensors may appear anywhere).
+HOST_LIBRARIES = ("transformers", "trl", "peft", "accelerate", "mergekit")
+
+
+def _third_party(path: Path) -> set[str]:
+    """Top-level names of the absolute imports in ``path``, function-level ones included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_adapters_import_transformers_trl_peft_accelerate_or_mergekit():
+    outside = sorted(f"{name} imports {library}" for name, path in MODULES.items()
+                     if not name.startswith("dpo_plugins.adapters")
+                     for library in sorted(_third_party(path) & set(HOST_LIBRARIES)))
+    assert outside == []
+
+
 def test_no_import_cycles():
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles = []
@@ -130,10 +152,14 @@ def test_no_import_cycles():
 
 
 def test_no_two_modules_share_a_file_name():
-    """Apart from ``__init__.py`` and the ``commands/<subcommand>.py`` mirrors of the modules they call."""
+    """Apart from ``__init__.py``, and a ``commands/<subcommand>.py`` beside the one module it runs."""
     names = Counter(path.name for name, path in MODULES.items()
                     if path.name != "__init__.py" and not name.startswith("dpo_plugins.commands."))
     assert [name for name, count in names.items() if count > 1] == []
+    namesakes = {path.name: name for name, path in MODULES.items() if not name.startswith("dpo_plugins.commands.")}
+    mirrors = [(name, namesakes[path.name]) for name, path in MODULES.items()
+               if name.startswith("dpo_plugins.commands.") and path.name in namesakes and path.name != "__init__.py"]
+    assert [(command, other) for command, other in mirrors if other not in GRAPH[command]] == []
 
 
 @pytest.mark.parametrize("needle, owner", [

@@ -13,7 +13,8 @@ import torch
 
 from dpo_plugins import MergeMethod, hookimpl
 from dpo_plugins.cli import main
-from dpo_plugins.workflows.merge import load_merge_plan, merge_into
+from dpo_plugins.workflows.merge import merge_into
+from dpo_plugins.workflows.merge_config import load_merge_plan
 from dpo_plugins.plugins import registrations
 from dpo_plugins.specs import CheckResult
 from dpo_plugins.errors import ConfigError

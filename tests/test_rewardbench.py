@@ -20,7 +20,7 @@ from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.evals.reward_accuracy import accuracy_by_subset, score_pairs
 from dpo_plugins.evals.rewardbench_sections import section_scores
 from dpo_plugins.formats.rewardbench import subsets_of
-from dpo_plugins.formats.pipeline import read_trl_rows
+from dpo_plugins.workflows.convert import read_trl_rows
 from test_eval_cli import models  # noqa: F401  (the tiny policy and reference checkpoints)
 
 DATA = Path(__file__).parent / "data" / "rewardbench"

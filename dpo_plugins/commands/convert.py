@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from ..formats.pipeline import convert
+from ..workflows.convert import convert
 from ..records import ERROR
 
 HELP = "convert preference data between formats (azure, openai, hf, hh, ...)"

@@ -21,7 +21,7 @@ import sys
 
 from ..atomic import check_output
 from ..errors import DpoPluginsError
-from ..formats.pipeline import read_trl_rows
+from ..workflows.convert import read_trl_rows
 from ..console import show_info_logs
 
 HELP = "reward accuracy and win-rate of a policy, with a report"

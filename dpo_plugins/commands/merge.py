@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from dpo_plugins.workflows.merge import load_merge_plan, merge_checked
+    from dpo_plugins.workflows.merge import merge_checked
+    from dpo_plugins.workflows.merge_config import load_merge_plan
 
     plan = load_merge_plan(args.config, output=args.output, replace=args.force)
     merge_checked(plan, args.output, lambda note: print(f"  {note}"), seed=args.seed)

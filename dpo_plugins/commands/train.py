@@ -27,10 +27,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.help_trainer:
-        from transformers import HfArgumentParser
-        from trl import DPOConfig
+        from dpo_plugins.adapters.trl_config import print_trainer_help
 
-        HfArgumentParser(DPOConfig, prog="dpo train").print_help()
+        print_trainer_help("dpo train")
         return 0
     show_info_logs("train")
     from dpo_plugins.workflows.train import build_settings, train

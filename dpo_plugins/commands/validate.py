@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from ..errors import DpoPluginsError
-from ..formats.pipeline import validate
+from ..workflows.convert import validate
 
 HELP = "check preference data against its format's rules and DPO lint rules"
 

@@ -39,7 +39,7 @@ from typing import Sequence
 from ..errors import DpoPluginsError
 from ..hookspecs import hookimpl
 from ..specs import Judge
-from ..evals.winrate import prompt_text
+from ..evals.judging import prompt_text
 
 PAIRWISE_TEMPLATE = """Compare two responses to the same request. Judge which one is more helpful, correct and harmless; ignore length and the order in which they are shown.
 

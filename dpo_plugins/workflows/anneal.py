@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
-from dpo_plugins.specs import Checkpoint
-from dpo_plugins.workflows.merge import MergePlan, check_merge_section, merge_into, require_checks_pass, results_as_json, run_checks
+from dpo_plugins.workflows.checkpoint_checks import require_checks_pass, results_as_json, run_checks
+from dpo_plugins.workflows.merge import merge_into
+from dpo_plugins.workflows.merge_config import MergePlan, check_merge_section
 from dpo_plugins.atomic import atomic_directory, write_text
 from dpo_plugins.workflows.stages import Stage
 from dpo_plugins.workflows.config import ConfigChecker, JsonPath, YamlFile, load_yaml
@@ -146,7 +147,7 @@ class _AnnealChecker(ConfigChecker):
 
     def data_file(self, section: dict, path: JsonPath) -> None:
         """The pairs must exist and read cleanly now, not after a long merge and training."""
-        from dpo_plugins.formats.pipeline import read_trl_rows
+        from dpo_plugins.workflows.convert import read_trl_rows
 
         value = section.get("data")
         if value is None:
@@ -216,7 +217,9 @@ def check_stage(plan: AnnealPlan) -> Stage:
     """Every plugin's checks on the merged model; OUTPUT_DIR/checks.json either way."""
 
     def run(done):
-        checkpoint = Checkpoint(done["merge"]["model"], plan.merge.dtype)
+        from dpo_plugins.adapters.models import open_checkpoint
+
+        checkpoint = open_checkpoint(done["merge"]["model"], plan.merge.dtype)
         results = run_checks(checkpoint)
         target = plan.output_dir / "checks.json"
         write_text(target, json.dumps(results_as_json(results), indent=2) + "\n")
@@ -248,7 +251,7 @@ def eval_stage(plan: AnnealPlan) -> Stage:
 
     def run(done):
         from dpo_plugins.evals.compare import evaluate
-        from dpo_plugins.formats.pipeline import read_trl_rows
+        from dpo_plugins.workflows.convert import read_trl_rows
 
         models = {name: ("parent", path) for name, path in plan.merge.parents.items()}
         models[MERGED] = ("merged", done["merge"]["model"])

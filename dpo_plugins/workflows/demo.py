@@ -101,6 +101,7 @@ class _Steps:
         self.timings: list[tuple[str, float]] = []
 
     def run(self, title: str, *argv, progress_bar: bool = False) -> None:
+        from dpo_plugins.adapters.progress import progress_bars_off
         from dpo_plugins.console import step_output
 
         number = len(self.timings) + 1
@@ -109,7 +110,7 @@ class _Steps:
         with open(self.log, "a", encoding="utf-8") as log:
             log.write(f"\n[{number}/{self.total}] {title}\n$ {command}\n")
         started = time.perf_counter()
-        with step_output(self.log, keep_stderr=progress_bar):
+        with progress_bars_off(), step_output(self.log, keep_stderr=progress_bar):
             code = self.run_dpo([str(arg) for arg in argv])
         elapsed = time.perf_counter() - started
         if code != 0:

@@ -4,12 +4,13 @@ Three sources, later ones winning: a YAML file (``--config``), then
 command-line flags. Keys are our :class:`TrainOptions` fields, any
 ``DPOConfig`` / ``TrainingArguments`` field, or the hosted-fine-tuning names
 of Azure OpenAI / OpenAI (:data:`HOSTED_NAMES`, YAML only). ``DPOConfig``
-fields are parsed by transformers' ``HfArgumentParser``, so every field is
-accepted as ``--field-name value`` with TRL's own types and defaults.
+fields are parsed by transformers' ``HfArgumentParser`` (through
+:mod:`dpo_plugins.adapters.trl_config`), so every field is accepted as
+``--field-name value`` with TRL's own types and defaults.
 
 ``dpo anneal`` builds the same settings from its ``anneal:`` section
 (:func:`settings_from`, with problems located in the anneal file). Only
-:func:`settings_from` imports TRL; the option table is plain dataclasses so
+:func:`settings_from` reaches TRL; the option table is plain dataclasses so
 that building the ``dpo`` parser stays cheap. :func:`train` reads the data
 (any registered format) and hands everything to
 :func:`dpo_plugins.adapters.training.run_training`.
@@ -132,10 +133,9 @@ def build_settings(args, extra: list[str]) -> Settings:
 
 def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, extra: list[str]) -> Settings:
     """Settings from config ``values`` (``where(key)`` locates a key for messages), flags and ``extra``."""
-    from transformers import HfArgumentParser
-    from trl import DPOConfig
+    from dpo_plugins.adapters.trl_config import dpo_config_fields, parse_dpo_config
 
-    dpo_fields = {f.name for f in dataclasses.fields(DPOConfig) if f.init}
+    dpo_fields = dpo_config_fields()
     problems: list[str] = []
     options: dict[str, Any] = {}
     dpo_defaults: dict[str, Any] = {}
@@ -183,19 +183,7 @@ def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, 
     if problems:
         raise DpoPluginsError("\n".join(problems))
 
-    parser = HfArgumentParser(DPOConfig)
-    parser.set_defaults(**dpo_defaults)
-    try:
-        dpo_args, unknown = parser.parse_args_into_dataclasses(args=extra, return_remaining_strings=True)
-    except (ValueError, TypeError) as error:
-        raise DpoPluginsError(f"invalid trainer configuration: {error}") from None
-    except SystemExit:
-        raise DpoPluginsError(f"invalid trainer arguments: {' '.join(extra)}") from None
-    if unknown:
-        raise DpoPluginsError(
-            f"unknown option(s) {' '.join(unknown)}: see `dpo train --help`; every DPOConfig / "
-            "TrainingArguments field is accepted as --field-name VALUE"
-        )
+    dpo_args = parse_dpo_config(dpo_defaults, extra)
     batch_problem = _check_global_batch(hosted.get("batch_size"), dpo_args)
     if batch_problem:
         raise DpoPluginsError(f"{where('batch_size')}: {batch_problem}")
@@ -260,7 +248,7 @@ def _has_gpu() -> bool:
 def train(settings: Settings) -> Path:
     """``dpo train``: train as ``settings`` say, reading the data in any registered format."""
     from dpo_plugins.adapters.training import run_training
-    from dpo_plugins.formats.pipeline import read_trl_rows
+    from dpo_plugins.workflows.convert import read_trl_rows
 
     options = settings.options
     inputs = [path for path in (options.data, options.eval_data) if path]

@@ -21,9 +21,9 @@ from ..errors import DpoPluginsError
 from ..plugins import get_format, get_formats, registrations
 from ..records import ERROR, WARNING, PreferenceRecord, Problem, RecordError
 from ..specs import Format
-from .files import Item, RowWriter, container_of, read_rows
-from .lint import Duplicates, check_record
-from .lossless import field_of, lost_fields, nesting_problem
+from ..formats.files import Item, RowWriter, container_of, read_rows
+from ..formats.lint import Duplicates, check_record
+from ..formats.lossless import field_of, lost_fields, nesting_problem
 
 
 @dataclass(frozen=True)
