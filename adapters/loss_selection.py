@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from trl import DPOConfig
 
 from dpo_plugins.errors import DpoPluginsError
+from dpo_plugins.params import typed_like
 from dpo_plugins.plugins import get_loss
 
 # DPOConfig fields that only TRL's own loss chain reads. A non-default value is
@@ -46,20 +47,6 @@ class LossTerm:
     def describe(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
         return f"{self.weight:g} * {self.name}({params})"
-
-
-def parse_loss_params(items: Sequence[str]) -> dict[str, str]:
-    """``["k=v", "loss.k=v"]`` -> ``{"k": "v", "loss.k": "v"}`` (values typed later)."""
-    parsed, problems = {}, []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"--loss-param {item!r}: expected KEY=VALUE (or LOSS.KEY=VALUE)")
-        else:
-            parsed[key.strip()] = value.strip()
-    if problems:
-        raise DpoPluginsError("\n".join(problems))
-    return parsed
 
 
 def resolve_losses(
@@ -102,7 +89,7 @@ def resolve_losses(
                 continue
             for i in hits:
                 try:
-                    bound[i][param] = _typed_like(specs[i].params[param], value)
+                    bound[i][param] = typed_like(specs[i].params[param], value)
                 except ValueError as error:
                     problems.append(f"loss parameter {key!r} of {specs[i].name}: {error}")
     if problems:
@@ -112,22 +99,6 @@ def resolve_losses(
         LossTerm(spec.name, spec.fn, weight, dict(values), spec.needs_reference, spec.needs, spec.modifiers)
         for spec, weight, values in zip(specs, weights, bound)
     ]
-
-
-def _typed_like(default: Any, value: Any) -> Any:
-    """Convert a command-line string to the type of the parameter's default."""
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
-    if isinstance(default, bool):
-        if value.lower() in ("true", "1", "yes"):
-            return True
-        if value.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected true or false, got {value!r}")
-    try:
-        return type(default)(value)
-    except ValueError:
-        raise ValueError(f"expected a {type(default).__name__}, got {value!r}") from None
 
 
 def inherited_loss_params(args) -> dict[str, Any]:

@@ -282,9 +282,10 @@ def test_a_reference_free_loss_refuses_a_reference(tokenizer, tmp_path):
 
 
 def test_loss_params_are_typed_and_checked():
-    from dpo_plugins.adapters.loss_selection import parse_loss_params, resolve_losses
+    from dpo_plugins.adapters.loss_selection import resolve_losses
+    from dpo_plugins.params import parse_key_values
 
-    terms = resolve_losses(["robust", "simpo"], [0.5, 2], parse_loss_params(["label_smoothing=0.25", "simpo.gamma=1"]))
+    terms = resolve_losses(["robust", "simpo"], [0.5, 2], parse_key_values(["label_smoothing=0.25", "simpo.gamma=1"], "--loss-param"))
     assert [(t.name, t.weight, t.params, t.needs_reference) for t in terms] == [
         ("robust", 0.5, {"label_smoothing": 0.25}, True),
         ("simpo", 2.0, {"gamma": 1.0}, False),
@@ -302,7 +303,7 @@ def test_loss_params_are_typed_and_checked():
     with pytest.raises(DpoPluginsError, match="unknown loss 'sigmiod'; available: .*hinge, ipo, .*robust, sft, sigmoid, sigmoid_norm, simpo"):
         resolve_losses(["sigmiod"])
     with pytest.raises(DpoPluginsError, match="expected KEY=VALUE"):
-        parse_loss_params(["gamma"])
+        parse_key_values(["gamma"], "--loss-param", "KEY=VALUE (or LOSS.KEY=VALUE)")
 
 
 def test_other_trl_versions_are_refused_by_name():

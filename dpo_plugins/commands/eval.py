@@ -21,6 +21,8 @@ import sys
 
 from ..atomic import check_output
 from ..errors import DpoPluginsError
+from ..params import parse_key_values, typed_like
+from ..plugins import get_judge
 from ..workflows.convert import read_trl_rows
 from ..console import show_info_logs
 
@@ -85,7 +87,7 @@ def run(args) -> int:
         truncation_mode=args.truncation_mode, tokenization=args.tokenization, subsets=subsets_of(args.data),
         batch_size=args.batch_size, forward=args.forward,
         ref_cache=not args.no_ref_cache, judge=args.judge,
-        judge_params=_parse_params(args.judge_param), baseline=args.baseline or args.ref,
+        judge_params=_judge_params(args.judge, args.judge_param), baseline=args.baseline or args.ref,
         policy_outputs=args.policy_outputs, baseline_outputs=args.baseline_outputs, max_prompts=args.max_prompts,
         generation={"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,
                     "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed},
@@ -104,14 +106,13 @@ def run(args) -> int:
     return 0
 
 
-def _parse_params(items) -> dict:
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DpoPluginsError(f"--judge-param {item!r}: expected KEY=VALUE")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
+def _judge_params(judge: str | None, items) -> dict:
+    """``--judge-param`` values typed like the judge's declared defaults (as ``--loss-param`` values are)."""
+    given = parse_key_values(items, "--judge-param")
+    if not judge:
+        return given
+    declared = get_judge(judge).params
+    try:
+        return {key: typed_like(declared.get(key), value) for key, value in given.items()}
+    except ValueError as error:
+        raise DpoPluginsError(f"--judge-param of {judge}: {error}") from None

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional
 from dpo_plugins.adapters.distributed import world_size
 from dpo_plugins.atomic import check_output
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
+from dpo_plugins.params import parse_key_values
 from dpo_plugins.workflows.config import load_yaml
 
 logger = logging.getLogger("dpo_plugins.train")
@@ -160,9 +161,8 @@ def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, 
         if given is None:
             continue
         if name == "loss_param":
-            from dpo_plugins.adapters.loss_selection import parse_loss_params
-
-            options[name] = {**options.get(name, {}), **parse_loss_params(given)}
+            options[name] = {**options.get(name, {}),
+                             **parse_key_values(given, "--loss-param", "KEY=VALUE (or LOSS.KEY=VALUE)")}
         else:
             options[name] = given
 
