@@ -1,5 +1,9 @@
-"""Write an eval's results: metrics.json, pairs.jsonl, generations.jsonl, report.md, PNG plots,
-and with a judge AlpacaEval's model_outputs.json and annotations.json.
+"""Every report this project writes goes through :func:`publish_report`; and ``dpo eval``'s own report.
+
+``dpo eval`` writes metrics.json, pairs.jsonl, generations.jsonl, report.md,
+PNG plots, and with a judge AlpacaEval's model_outputs.json and
+annotations.json; ``dpo anneal``'s comparison (:mod:`.comparison_report`)
+and the demo's summary render their own files through the same writer.
 
 Everything is rendered into a temporary directory next to the report
 directory first and moved into place only when complete, so a failure
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from dpo_plugins.atomic import atomic_file, discard, mark, publish, staging_folder
 
@@ -19,26 +23,20 @@ MARGIN_PLOT = "margin_histogram.png"
 WINRATE_PLOT = "win_rate.png"
 
 
-def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Mapping] = (),
-                 generation_rows: Sequence[Mapping] = ()) -> list[Path]:
-    """Write the report files into ``report_dir``; return their paths."""
+def publish_report(report_dir, render: Callable[[Path], None], command: Optional[str] = None) -> list[Path]:
+    """The one way a report is written: ``render(folder)`` fills a staging folder beside ``report_dir``,
+    then each file moves into ``report_dir`` (created if missing); return their paths.
+
+    A failure while rendering leaves ``report_dir`` as it was. ``command``
+    marks the folder as that command's output (``dpo eval`` owns its report
+    folder; the demo and ``dpo anneal`` write into a folder they own already).
+    """
     report_dir = Path(report_dir)
     staging = staging_folder(report_dir)
-    mark(staging, "dpo eval")
     try:
-        _dump_json(staging / "metrics.json", metrics)
-        _dump_jsonl(staging / "pairs.jsonl", pair_rows)
-        if generation_rows:
-            from .annotations import export_judgments
-
-            _dump_jsonl(staging / "generations.jsonl", generation_rows)
-            export_judgments(staging, generation_rows, metrics)  # model_outputs.json, annotations.json
-        plots = []
-        if pair_rows and metrics.get("n_pairs"):
-            plots.append(_margin_histogram(staging / MARGIN_PLOT, pair_rows, metrics))
-        if metrics.get("win_rate") is not None:
-            plots.append(_win_rate_bars(staging / WINRATE_PLOT, metrics))
-        (staging / "report.md").write_text(render_markdown(metrics, [p.name for p in plots if p]), encoding="utf-8")
+        if command:
+            mark(staging, command)
+        render(staging)
         report_dir.mkdir(exist_ok=True)
         written = []
         for path in sorted(staging.iterdir()):
@@ -49,11 +47,34 @@ def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Map
         discard(staging)
 
 
-def _dump_json(path: Path, value) -> None:
+def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Mapping] = (),
+                 generation_rows: Sequence[Mapping] = ()) -> list[Path]:
+    """``dpo eval``'s report files in ``report_dir``; return their paths."""
+
+    def render(folder: Path) -> None:
+        dump_json(folder / "metrics.json", metrics)
+        dump_jsonl(folder / "pairs.jsonl", pair_rows)
+        if generation_rows:
+            from .annotations import export_judgments
+
+            dump_jsonl(folder / "generations.jsonl", generation_rows)
+            export_judgments(folder, generation_rows, metrics)  # model_outputs.json, annotations.json
+        plots = []
+        if pair_rows and metrics.get("n_pairs"):
+            plots.append(_margin_histogram(folder / MARGIN_PLOT, pair_rows, metrics))
+        if metrics.get("win_rate") is not None:
+            plots.append(_win_rate_bars(folder / WINRATE_PLOT, metrics))
+        (folder / "report.md").write_text(render_markdown(metrics, [p.name for p in plots if p]), encoding="utf-8")
+
+    return publish_report(report_dir, render, command="dpo eval")
+
+
+def dump_json(path: Path, value) -> None:
+    """JSON with no NaN ever written as a number (``allow_nan=False``)."""
     path.write_text(json.dumps(value, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _dump_jsonl(path: Path, rows) -> None:
+def dump_jsonl(path: Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, allow_nan=False, ensure_ascii=False) + "\n")

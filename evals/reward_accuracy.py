@@ -170,22 +170,28 @@ def score_pairs(
     if mode == "ref-free-norm":  # needs every token's log-prob, which only the plain forward keeps
         logps_kwargs = {**logps_kwargs, "forward": "plain", "token_reduce": "neg_l2_norm"}
     policy_logps = logps_fn(policy, pairs, desc="policy log-probs", **logps_kwargs)
-    scores = _scores_from(policy_logps, mode)
-    if mode == "dpo":
-        if reference_logps is None:
-            computed = logps_fn(reference, pairs, desc="reference log-probs", **logps_kwargs)
-            reference_logps = computed.chosen, computed.rejected
-        ref_chosen, ref_rejected = reference_logps
-        reference_sums = PairLogps(ref_chosen, ref_rejected, policy_logps.chosen_lengths, policy_logps.rejected_lengths)
-        scores.ref_free_mean = {"model": _scores_from(policy_logps, "ref-free-mean"),
-                                "ref": _scores_from(reference_sums, "ref-free-mean")}
-        scores.chosen_logratios = _floats(policy_logps.chosen - ref_chosen)
-        scores.rejected_logratios = _floats(policy_logps.rejected - ref_rejected)
-        scores.chosen_scores, scores.rejected_scores = scores.chosen_logratios, scores.rejected_logratios
+    if mode != "dpo":
+        return scores_from(policy_logps, mode)
+    if reference_logps is None:
+        computed = logps_fn(reference, pairs, desc="reference log-probs", **logps_kwargs)
+        reference_logps = computed.chosen, computed.rejected
+    return implicit_rewards(policy_logps, *reference_logps)
+
+
+def implicit_rewards(policy_logps: PairLogps, ref_chosen, ref_rejected) -> PairScores:
+    """dpo mode from sums already computed: the log-ratios, and each model's own ref-free-mean scores."""
+    scores = scores_from(policy_logps, "dpo")
+    reference_sums = PairLogps(ref_chosen, ref_rejected, policy_logps.chosen_lengths, policy_logps.rejected_lengths)
+    scores.ref_free_mean = {"model": scores_from(policy_logps, "ref-free-mean"),
+                            "ref": scores_from(reference_sums, "ref-free-mean")}
+    scores.chosen_logratios = _floats(policy_logps.chosen - ref_chosen)
+    scores.rejected_logratios = _floats(policy_logps.rejected - ref_rejected)
+    scores.chosen_scores, scores.rejected_scores = scores.chosen_logratios, scores.rejected_logratios
     return scores
 
 
-def _scores_from(logps: PairLogps, mode: str) -> PairScores:
+def scores_from(logps: PairLogps, mode: str) -> PairScores:
+    """One model's scores in ``mode`` from its sums (in dpo mode, the sums; :func:`implicit_rewards` subtracts)."""
     chosen, rejected = logps.chosen, logps.rejected
     if mode == "ref-free-mean":  # 0 tokens -> NaN -> None: undefined, counted wrong
         chosen, rejected = chosen / logps.chosen_lengths, rejected / logps.rejected_lengths

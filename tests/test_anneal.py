@@ -130,7 +130,7 @@ def test_merge_and_check_stages_resume_and_keep_the_merge_when_a_check_vetoes(pa
 
 
 def test_the_report_compares_every_model_and_says_which_is_the_reference(tmp_path):
-    from dpo_plugins.evals.compare import write_report
+    from dpo_plugins.evals.comparison_report import write_report
 
     row = {"reward_ties": 0, "mean_margin": 0.25}
     evaluation = {

@@ -70,7 +70,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from dpo_plugins.adapters.distributed import is_main_process
-    from dpo_plugins.evals.harness import EvalRequest, adapter_base, run_eval
+    from dpo_plugins.evals.pipeline import EvalRequest, adapter_base, run_eval
     from dpo_plugins.formats.rewardbench import subsets_of
 
     show_info_logs("eval")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
+from dpo_plugins.evals.pipeline import MERGED
 from dpo_plugins.workflows.checkpoint_checks import require_checks_pass, results_as_json, run_checks
 from dpo_plugins.workflows.merge import merge_into
 from dpo_plugins.workflows.merge_config import MergePlan, check_merge_section
@@ -39,7 +40,6 @@ from dpo_plugins.workflows.stages import Stage
 from dpo_plugins.workflows.config import ConfigChecker, JsonPath, YamlFile, load_yaml
 
 SECTIONS = ("output_dir", "merge", "anneal", "eval")
-MERGED = "merged"
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class _AnnealChecker(ConfigChecker):
         return plan
 
     def eval_settings(self, evaluation: dict) -> None:
-        from dpo_plugins.evals.compare import EVAL_KEYS
+        from dpo_plugins.evals.pipeline import EVAL_KEYS
         from dpo_plugins.plugins import get_judges
 
         for key in evaluation:
@@ -250,7 +250,7 @@ def eval_stage(plan: AnnealPlan) -> Stage:
     """Score every parent, the merged and the annealed model on the held-out pairs."""
 
     def run(done):
-        from dpo_plugins.evals.compare import evaluate
+        from dpo_plugins.evals.pipeline import compare_models
         from dpo_plugins.workflows.convert import read_trl_rows
 
         models = {name: ("parent", path) for name, path in plan.merge.parents.items()}
@@ -258,7 +258,7 @@ def eval_stage(plan: AnnealPlan) -> Stage:
         models["annealed"] = ("annealed", done["anneal"]["model"])
         reference_path = done["merge"]["model"] if plan.reference_path is None else plan.reference_path
         rows = read_trl_rows(plan.eval["data"], plan.eval.get("from_format"))
-        evaluation = evaluate(models, plan.reference, reference_path, plan.eval, rows)
+        evaluation = compare_models(models, plan.reference, reference_path, plan.eval, rows)
         target = plan.output_dir / "evaluation.json"
         write_text(target, json.dumps(evaluation, indent=2) + "\n")
         return {"evaluation": target}
@@ -271,7 +271,7 @@ def report_stage(plan: AnnealPlan) -> Stage:
     """metrics.json, report.md and plots in OUTPUT_DIR."""
 
     def run(done):
-        from dpo_plugins.evals.compare import write_report
+        from dpo_plugins.evals.comparison_report import write_report
 
         evaluation = json.loads(done["eval"]["evaluation"].read_text())
         return write_report(evaluation, plan.output_dir)

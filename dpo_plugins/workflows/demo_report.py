@@ -12,7 +12,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from dpo_plugins.evals.report import percent, pyplot, save_figure
+from dpo_plugins.evals.report import dump_json, percent, publish_report, pyplot, save_figure
 
 JUDGE_CAVEAT = (
     "The judge is a small local model (`llm-pairwise` with SmolLM2-135M-Instruct by default). It reads its "
@@ -82,11 +82,15 @@ def summarise(output_dir: Path, settings, timings) -> dict:
 
 def write_demo_report(output_dir: Path, settings, timings) -> dict:
     metrics = summarise(output_dir, settings, timings)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    _plot_training(output_dir / "training.png", metrics["training"]["curves"])
-    _plot_implicit_margins(output_dir / "implicit_margins.png", _margins(output_dir / "eval"))
-    shutil.copyfile(output_dir / "eval" / "win_rate.png", output_dir / "win_rate.png")
-    (output_dir / "report.md").write_text(render(metrics), encoding="utf-8")
+
+    def files(folder: Path) -> None:
+        dump_json(folder / "metrics.json", metrics)
+        _plot_training(folder / "training.png", metrics["training"]["curves"])
+        _plot_implicit_margins(folder / "implicit_margins.png", _margins(output_dir / "eval"))
+        shutil.copyfile(output_dir / "eval" / "win_rate.png", folder / "win_rate.png")
+        (folder / "report.md").write_text(render(metrics), encoding="utf-8")
+
+    publish_report(output_dir, files)
     return metrics
 
 

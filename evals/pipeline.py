@@ -1,8 +1,11 @@
-"""One eval run end to end: load, score pairs, optionally generate and judge, report.
+"""The one eval pipeline: tokenize and drop as TRL does, score pairs, optionally generate and judge.
 
-``dpo eval`` is a thin wrapper around :func:`run_eval`; Python users can
-call it (or the pieces in :mod:`.reward_accuracy`, :mod:`.winrate`,
-:mod:`.stats`) directly.
+Two entry points share every step: :func:`run_eval` (``dpo eval``, and so
+the demo) scores one policy against its reference and writes the report;
+:func:`compare_models` (``dpo anneal``'s comparison) scores several models on
+the same pairs, each forward once, the reference's reused for every model.
+Python users can call either, or the pieces in :mod:`.reward_accuracy`,
+:mod:`.judging` and :mod:`.stats`, directly.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 from dpo_plugins.errors import DpoPluginsError
 
 logger = logging.getLogger("dpo_plugins.eval")
+MERGED = "merged"  # dpo anneal's name for the merged model, the baseline of its win-rate
 
 
 @dataclass
@@ -45,7 +49,7 @@ class EvalRequest:
 def run_eval(request: EvalRequest, report_dir) -> dict:
     """Compute every metric of ``request``, write the report, return ``metrics.json``'s content."""
     from dpo_plugins.adapters.models import load_model_and_tokenizer
-    from dpo_plugins.adapters.tokenization import explicit_prompt, prompt_dropped, tokenize_pair
+    from dpo_plugins.adapters.tokenization import explicit_prompt
 
     from dpo_plugins.adapters.distributed import is_main_process, process_info, wait_for_everyone
     from dpo_plugins.errors import SelfReferenceError
@@ -69,27 +73,9 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     if request.reward_mode == "dpo":
         reference, _ = load_model_and_tokenizer(request.ref)
         reference.eval()
-    if request.tokenization == "rewardbench":  # its own truncation happens while tokenizing; it drops nothing
-        from dpo_plugins.adapters.rewardbench_tokenization import tokenize_pair_rewardbench
-
+    pairs, kept = tokenize_rows(request.rows, tokenizer, request)
+    if request.tokenization == "rewardbench":  # its own truncation happened while tokenizing
         request.max_length = None
-        pairs, kept, problems = [], list(range(len(request.rows))), []
-        for index, row in enumerate(request.rows):
-            try:
-                pairs.append(tokenize_pair_rewardbench(row, tokenizer))
-            except DpoPluginsError as error:
-                problems.append(f"{request.data}: row {index + 1}: {error}")
-        if problems:
-            raise DpoPluginsError("\n".join(problems))
-    elif request.tokenization != "trl":
-        raise DpoPluginsError(f"tokenization {request.tokenization!r}: expected trl or rewardbench")
-    else:
-        pairs, kept = [], []
-        for index, row in enumerate(request.rows):
-            pair = tokenize_pair(row, tokenizer)
-            if not prompt_dropped(pair, request.max_length, request.truncation_mode):
-                pairs.append(pair)
-                kept.append(index)
     reference_logps = None
     if reference is not None and request.ref_cache and request.forward == "packed":
         check_not_self_reference(policy, reference, request.allow_self_reference)  # before the reference's pass
@@ -123,6 +109,38 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
         write_report(report_dir, metrics, pair_rows, generation_rows)
     wait_for_everyone()
     return metrics
+
+
+def tokenize_rows(rows: Sequence[dict], tokenizer, request: "EvalRequest") -> tuple[list, list]:
+    """``(pairs, kept)``: the rows tokenized as ``request.tokenization`` says, and the indices of those kept.
+
+    ``trl`` drops a pair whose prompt alone fills ``max_length``, as TRL
+    does; ``rewardbench`` truncates while tokenizing and drops nothing (a row
+    it cannot tokenize is an error, every such row listed).
+    """
+    from dpo_plugins.adapters.tokenization import prompt_dropped, tokenize_pair
+
+    if request.tokenization == "rewardbench":
+        from dpo_plugins.adapters.rewardbench_tokenization import tokenize_pair_rewardbench
+
+        pairs, problems = [], []
+        for index, row in enumerate(rows):
+            try:
+                pairs.append(tokenize_pair_rewardbench(row, tokenizer))
+            except DpoPluginsError as error:
+                problems.append(f"{request.data}: row {index + 1}: {error}")
+        if problems:
+            raise DpoPluginsError("\n".join(problems))
+        return pairs, list(range(len(rows)))
+    if request.tokenization != "trl":
+        raise DpoPluginsError(f"tokenization {request.tokenization!r}: expected trl or rewardbench")
+    pairs, kept = [], []
+    for index, row in enumerate(rows):
+        pair = tokenize_pair(row, tokenizer)
+        if not prompt_dropped(pair, request.max_length, request.truncation_mode):
+            pairs.append(pair)
+            kept.append(index)
+    return pairs, kept
 
 
 def _cached_reference_logps(request: EvalRequest, reference, tokenizer, pairs) -> tuple:
@@ -219,3 +237,79 @@ def _references(rows, prompt_key) -> dict:
             answer = answer[-1].get("content", "") if answer else ""
         references.setdefault(prompt_key(row["prompt"]), answer)
     return references
+
+
+# -- several models on the same pairs (dpo anneal) ------------------------------------
+
+EVAL_KEYS = ("data", "from_format", "max_length", "batch_size", "judge", "judge_params", "max_new_tokens")
+
+
+def compare_models(models: Mapping[str, Tuple[str, Path]], reference: str, reference_path: Path,
+                   settings: Mapping[str, Any], rows: Sequence[dict]) -> Dict[str, Any]:
+    """Every model of a merge-then-anneal run on the same held-out pairs; returns the evaluation, JSON-able.
+
+    ``models``: name -> (role, directory); ``rows``: the held-out TRL rows of
+    ``settings["data"]`` (keys: :data:`EVAL_KEYS`). Each model's log-prob sums
+    are computed once; the reference's serve every model's implicit reward,
+    so N models cost N forward passes, not 2N. Per model:
+
+    - ``reward_accuracy`` against the run's DPO reference (ties wrong, as in
+      RewardBench); undefined (``None``) for the reference itself, whose
+      log-ratios are all zero;
+    - ``ref_free_accuracy``: chosen beats rejected by mean log-prob per
+      completion token (``--reward-mode ref-free-mean``), so every model,
+      the reference included, is on the same footing.
+
+    With a judge, the annealed model's generations are judged against the
+    merged model's (both orders), as ``dpo eval --judge`` judges.
+    """
+    from dpo_plugins.adapters.models import load_model, load_tokenizer
+
+    from .logps import pair_logps
+    from .reward_accuracy import implicit_rewards, reward_metrics, scores_from
+
+    request = EvalRequest(model=str(models["annealed"][1]), rows=rows, data=str(settings["data"]),
+                          max_length=settings.get("max_length"), batch_size=settings.get("batch_size", 8),
+                          judge=settings.get("judge"), judge_params=dict(settings.get("judge_params") or {}),
+                          baseline=str(models[MERGED][1]), progress=False,
+                          generation={"max_new_tokens": settings.get("max_new_tokens", 128)})
+    pairs, _ = tokenize_rows(rows, load_tokenizer(reference_path), request)  # one tokenizer: checked before merging
+    reference_path = Path(reference_path).resolve()
+
+    def logps_of(path):
+        model = load_model(path, merge_adapter=True).eval()
+        try:
+            return pair_logps(model, pairs, max_length=request.max_length, batch_size=request.batch_size)
+        finally:
+            del model
+
+    logps = {name: logps_of(path) for name, (_, path) in models.items()}
+    reference_name = next((name for name, (_, path) in models.items() if Path(path).resolve() == reference_path), None)
+    reference_logps = logps[reference_name] if reference_name else logps_of(reference_path)
+    rows_out, per_pair = {}, {}
+    for name, (role, path) in models.items():
+        own = scores_from(logps[name], "ref-free-mean")
+        ref_free = reward_metrics(own.chosen_scores, own.rejected_scores)
+        row = {"role": role, "path": str(path), "is_reference": name == reference_name,
+               "ref_free_accuracy": ref_free["reward_accuracy"], "ref_free_mean_margin": ref_free["mean_margin"]}
+        if name == reference_name:  # every log-ratio is 0: an implicit reward against itself is meaningless
+            row.update(reward_accuracy=None, reward_ties=None, mean_margin=None)
+        else:
+            ratios = implicit_rewards(logps[name], reference_logps.chosen, reference_logps.rejected)
+            rewards = reward_metrics(ratios.chosen_scores, ratios.rejected_scores)
+            row.update({key: rewards[key] for key in ("reward_accuracy", "reward_ties", "mean_margin")})
+        rows_out[name] = row
+        per_pair[name] = [pair["margin"] for pair in own.rows()]
+    evaluation = {
+        "data": request.data, "n_pairs": len(pairs), "n_dropped": len(rows) - len(pairs), "reference": reference,
+        "reference_path": str(reference_path), "models": rows_out, "per_pair": per_pair,
+    }
+    if request.judge:
+        def load(path):
+            return load_model(path, merge_adapter=True).eval(), load_tokenizer(path)
+
+        policy, tokenizer = load(request.model)
+        win_metrics, _ = _win_rate(request, policy, tokenizer, None, load)
+        del policy
+        evaluation["winrate"] = dict(win_metrics, policy="annealed", baseline=MERGED)
+    return evaluation
