@@ -26,29 +26,23 @@ def with_ld_sums(forward, alpha):
     if alpha is None:
         return forward
     chosen, rejected = ld_sums(forward.tokens, alpha).chunk(2, dim=0)
-    ref_chosen, ref_rejected = forward.ref_chosen_logps, forward.ref_rejected_logps
+    ref_chosen, ref_rejected = forward.sums.ref_chosen_logps, forward.sums.ref_rejected_logps
     if forward.ref_tokens is not None:
         ref_chosen, ref_rejected = ld_sums(forward.ref_tokens, alpha).chunk(2, dim=0)
-    return dataclasses.replace(forward, chosen_logps=chosen, rejected_logps=rejected, ref_chosen_logps=ref_chosen,
-                               ref_rejected_logps=ref_rejected)
+    sums = dataclasses.replace(forward.sums, chosen_logps=chosen, rejected_logps=rejected,
+                               ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
+    return dataclasses.replace(forward, sums=sums)
 
 
 def build_loss_batch(forward, needs, f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0) -> LossBatch:
     """The :class:`LossBatch` of ``forward``: scores whenever there is a reference, token fields per ``needs``."""
     extra: dict[str, Any] = token_fields(forward.tokens, needs)
-    if forward.ref_chosen_logps is not None:
+    sums = forward.sums
+    if sums.ref_chosen_logps is not None:
         for side in ("chosen", "rejected"):
-            logratios = getattr(forward, f"{side}_logps") - getattr(forward, f"ref_{side}_logps")
+            logratios = getattr(sums, f"{side}_logps") - getattr(sums, f"ref_{side}_logps")
             extra[f"{side}_scores"] = f_divergence_scores(logratios, f_divergence_type, f_alpha_divergence_coef)
-    return LossBatch(
-        forward.chosen_logps,
-        forward.rejected_logps,
-        forward.ref_chosen_logps,
-        forward.ref_rejected_logps,
-        forward.chosen_lengths,
-        forward.rejected_lengths,
-        **extra,
-    )
+    return dataclasses.replace(sums, **extra)
 
 
 def combined_loss(terms: Sequence, batch: LossBatch, beta: float, tokens=None, use_weighting=False):

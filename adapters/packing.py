@@ -18,7 +18,7 @@ Truncation is TRL's ``DataCollatorForPreference``: ``[prompt + chosen]`` and
 differ, and the pair becomes two independent blocks.
 
 ``pair_logps`` has the contract's signature and result
-(``dpo_plugins.evals.logps.PairLogps``, as the plain two-row
+(a :class:`dpo_plugins.specs.PairLogps`, as the plain two-row
 ``dpo_plugins.evals.logps.pair_logps``); it works under
 autograd (policy) and under ``torch.no_grad()`` (reference, eval).
 """
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from dpo_plugins.errors import DpoPluginsError
-from dpo_plugins.adapters.tokenization import PairLogps, truncate
+from dpo_plugins.adapters.tokenization import truncate
+from dpo_plugins.specs import PairLogps
 
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take our 4D mask as given
 DEFAULT_TOKEN_BUDGET = 512
@@ -263,7 +264,7 @@ def blocks_logps(model, blocks, lengths, token_budget=DEFAULT_TOKEN_BUDGET, logi
         # Nothing to score (every completion truncated away): still a differentiable zero, as TRL returns.
         sums = sums + head.weight[:0].sum()
     lengths = torch.tensor(lengths, dtype=torch.float32, device=device)
-    result = PairLogps(sums[0::2], sums[1::2], lengths[:, 0], lengths[:, 1])
+    result = PairLogps.without_reference(sums[0::2], sums[1::2], lengths[:, 0], lengths[:, 1])
     tokens = None
     if per_token:  # rows [chosen_1..B, rejected_1..B] as TRL's collator orders them
         from .token_logps import TokenLogps

@@ -206,8 +206,8 @@ def reference_logps(
                                  logps_dtype=torch.float64, per_token=ld_alpha is not None)
                 if ld_alpha is not None:
                     out = _ld_pair_sums(*out, ld_alpha)
-                chosen.append(out.chosen.cpu())
-                rejected.append(out.rejected.cpu())
+                chosen.append(out.chosen_logps.cpu())
+                rejected.append(out.rejected_logps.cpu())
         empty = torch.zeros(0, dtype=torch.float64)
         return (torch.cat(chosen), torch.cat(rejected)) if pairs else (empty, empty)
 
@@ -219,4 +219,4 @@ def _ld_pair_sums(sums, tokens, ld_alpha):
     from .modifiers import ld_sums
 
     chosen, rejected = ld_sums(tokens, ld_alpha).chunk(2, dim=0)
-    return dataclasses.replace(sums, chosen=chosen, rejected=rejected)
+    return dataclasses.replace(sums, chosen_logps=chosen, rejected_logps=rejected)

@@ -14,7 +14,6 @@ diverge. ``tests/test_tokenization.py`` compares against a real
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from dpo_plugins.errors import DpoPluginsError
@@ -95,20 +94,3 @@ def truncate(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_lengt
     if truncation_mode == "keep_start":
         return ids[:max_length], mask[:max_length]
     return ids[-max_length:], mask[-max_length:]
-
-
-@dataclass(frozen=True)
-class PairLogps:
-    """Float tensors of shape ``(B,)``, in the order the pairs were given.
-
-    ``chosen`` / ``rejected``: sums of log-probs over the completion tokens
-    that survive TRL's truncation (float64 from :func:`pair_logps`, both
-    forwards; in training, the packed forward's own dtype).
-    ``chosen_lengths`` / ``rejected_lengths``:
-    how many completion tokens survive (TRL's count, which IPO divides by).
-    """
-
-    chosen: Any
-    rejected: Any
-    chosen_lengths: Any
-    rejected_lengths: Any

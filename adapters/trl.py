@@ -20,6 +20,7 @@ reference log-probs) overrides only that method.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from dpo_plugins.errors import DpoPluginsError, HealthCheckError
+from dpo_plugins.specs import PairLogps
 
 from .loss_selection import select_losses
 from .packing import unsupported_reason
@@ -75,19 +77,15 @@ class TokenStats:
 
 @dataclass
 class PairForward:
-    """Per-pair sums over completion tokens, all shape ``(B,)``.
+    """What one training forward yields: the pairs' sums, and what only training needs beside them.
 
-    ``chosen_logps``/``rejected_logps`` carry the policy's gradient;
-    ``ref_*`` are ``None`` when no selected loss needs a reference.
-    ``token_stats`` and ``aux_loss`` are optional (metrics, MoE models).
+    ``sums`` (:class:`~dpo_plugins.specs.PairLogps`, shape ``(B,)`` each):
+    ``chosen_logps``/``rejected_logps`` carry the policy's gradient; ``ref_*``
+    are ``None`` when no selected loss needs a reference. ``token_stats`` and
+    ``aux_loss`` are optional (metrics, MoE models).
     """
 
-    chosen_logps: Any
-    rejected_logps: Any
-    ref_chosen_logps: Any
-    ref_rejected_logps: Any
-    chosen_lengths: Any
-    rejected_lengths: Any
+    sums: PairLogps
     token_stats: Optional[TokenStats] = None
     aux_loss: Any = None
     # per-token log-probs (a token_logps.TokenLogps) when the losses or modifiers need them;
@@ -248,12 +246,8 @@ class PluginDPOTrainer(DPOTrainer):
             if self.args.ld_alpha is not None and self.needs_reference and not self.precompute_ref_logps:
                 ref_tokens = TokenLogps.from_sequences(ref_outputs.log_probs[:, -seq_len:], completion_mask[..., 1:])
         return PairForward(
-            chosen_logps,
-            rejected_logps,
-            ref_chosen_logps,
-            ref_rejected_logps,
-            chosen_lengths,
-            rejected_lengths,
+            PairLogps(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_lengths,
+                      rejected_lengths),
             token_stats=_token_stats(outputs, completion_mask[..., 1:], seq_len),
             aux_loss=outputs.aux_loss if self.aux_loss_enabled else None,
             tokens=tokens,
@@ -282,7 +276,7 @@ class PluginDPOTrainer(DPOTrainer):
                     ref, _, ref_tokens = collated_pair_logps(reference, inputs, per_token=True)
                 else:
                     ref = collated_pair_logps(reference, inputs)
-            ref_chosen_logps, ref_rejected_logps = ref.chosen, ref.rejected
+            ref_chosen_logps, ref_rejected_logps = ref.chosen_logps, ref.rejected_logps
         stats = TokenStats(
             entropy_sum=(sums.chosen_entropy + sums.rejected_entropy).sum(),
             chosen_logits_sum=sums.chosen_mean_logits.sum(),
@@ -292,12 +286,7 @@ class PluginDPOTrainer(DPOTrainer):
             rejected_tokens=(inputs["completion_mask"][..., 1:].chunk(2, dim=0)[1]).sum(),
         )
         return PairForward(
-            policy.chosen,
-            policy.rejected,
-            ref_chosen_logps,
-            ref_rejected_logps,
-            policy.chosen_lengths,
-            policy.rejected_lengths,
+            dataclasses.replace(policy, ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps),
             token_stats=stats,
             tokens=tokens,
             ref_tokens=ref_tokens,
@@ -330,7 +319,7 @@ class PluginDPOTrainer(DPOTrainer):
                                  self.args.f_alpha_divergence_coef)
         loss, loss_metrics = combined_loss(self.loss_terms, batch, self.beta, forward.tokens, self.args.use_weighting)
         for name, value in loss_metrics.items():
-            value = torch.as_tensor(value, device=forward.chosen_logps.device).detach().float()
+            value = torch.as_tensor(value, device=forward.sums.chosen_logps.device).detach().float()
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
         if forward.aux_loss is not None:
             loss = loss + self.router_aux_loss_coef * forward.aux_loss
@@ -364,19 +353,20 @@ class PluginDPOTrainer(DPOTrainer):
             metrics["logits/rejected"].append(rejected_logits / rejected_tokens if rejected_tokens > 0 else 0.0)
             metrics["mean_token_accuracy"].append(correct / chosen_tokens if chosen_tokens > 0 else 0.0)
 
-        chosen = forward.chosen_logps.detach()
-        rejected = forward.rejected_logps.detach()
-        if forward.ref_chosen_logps is not None:
-            chosen = chosen - forward.ref_chosen_logps
-            rejected = rejected - forward.ref_rejected_logps
+        sums = forward.sums
+        chosen = sums.chosen_logps.detach()
+        rejected = sums.rejected_logps.detach()
+        if sums.ref_chosen_logps is not None:
+            chosen = chosen - sums.ref_chosen_logps
+            rejected = rejected - sums.ref_rejected_logps
         chosen_rewards, rejected_rewards = self.beta * chosen, self.beta * rejected
         gather_all = self.accelerator.gather
         metrics["rewards/chosen"].append(gather_all(chosen_rewards).mean().item())
         metrics["rewards/rejected"].append(gather_all(rejected_rewards).mean().item())
         metrics["rewards/accuracies"].append(gather_all((chosen_rewards > rejected_rewards).float()).mean().item())
         metrics["rewards/margins"].append(gather_all(chosen_rewards - rejected_rewards).mean().item())
-        metrics["logps/chosen"].append(gather_all(forward.chosen_logps.detach()).mean().item())
-        metrics["logps/rejected"].append(gather_all(forward.rejected_logps.detach()).mean().item())
+        metrics["logps/chosen"].append(gather_all(sums.chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather_all(sums.rejected_logps.detach()).mean().item())
 
     # -- health checks ---------------------------------------------------------
 
@@ -385,8 +375,9 @@ class PluginDPOTrainer(DPOTrainer):
         self._reference_checked = True
         if self.state.global_step != 0:  # resumed from a checkpoint: the policy has moved
             return
-        policy = torch.cat([forward.chosen_logps, forward.rejected_logps]).detach().float()
-        reference = torch.cat([forward.ref_chosen_logps, forward.ref_rejected_logps]).detach().float()
+        sums = forward.sums
+        policy = torch.cat([sums.chosen_logps, sums.rejected_logps]).detach().float()
+        reference = torch.cat([sums.ref_chosen_logps, sums.ref_rejected_logps]).detach().float()
         # Half-precision weights give half-precision hidden states, whatever dtype the sums are in.
         exact = self.accelerator.unwrap_model(self.model).get_output_embeddings().weight.dtype == torch.float32
         rtol, atol = (1e-4, 1e-3) if exact else (2e-2, 0.5)

@@ -31,7 +31,7 @@ from .plugins import (
     load_plugins,
 )
 from .records import PreferenceRecord, Problem
-from .specs import Checkpoint, CheckResult, Format, Judge, Loss, LossBatch, MergeMethod, StageInfo
+from .specs import Checkpoint, CheckResult, Format, Judge, Loss, LossBatch, MergeMethod, PairLogps, StageInfo
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,7 @@ __all__ = [
     "Loss",
     "LossBatch",
     "MergeMethod",
+    "PairLogps",
     "PluginError",
     "PreferenceRecord",
     "Problem",

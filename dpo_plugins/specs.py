@@ -71,13 +71,20 @@ LOSS_MODIFIERS = frozenset({"f_divergence", "weighting", "ld_alpha"})
 
 
 @dataclass(frozen=True)
-class LossBatch:
-    """What a loss function sees: the local batch of pairs, at once.
+class PairLogps:
+    """Per-pair log-prob sums: the one record from the forward to the loss to the eval.
+
+    The packed and the plain forward return it (training and ``dpo eval``);
+    a loss function sees it as its ``batch`` (:data:`LossBatch`, the local
+    batch of pairs at once); the eval scores pairs from it.
 
     The first six fields are per-pair sums over completion tokens, shape
     ``(B,)`` (under ``ld_alpha`` the sums are LD-DPO's length-desensitised
     ones, for the reference too). ``ref_*`` are ``None`` when the run has no
-    reference model (a loss with ``needs_reference=False``).
+    reference model (a loss with ``needs_reference=False``) and in a single
+    model's sums (:meth:`without_reference`). The lengths count the
+    completion tokens that survive TRL's truncation (what IPO divides by).
+    The eval's sums are float64; in training, the forward's own dtype.
 
     The rest is optional (``None`` unless some selected loss asks for it in
     ``Loss.needs``, so a loss that reads only sums costs what it did before):
@@ -110,6 +117,15 @@ class LossBatch:
     rejected_token_mask: Any = None
     chosen_token_log_sum_sq_probs: Any = None
     rejected_token_log_sum_sq_probs: Any = None
+
+    @classmethod
+    def without_reference(cls, chosen_logps, rejected_logps, chosen_lengths, rejected_lengths) -> "PairLogps":
+        """One model's sums, with no reference beside them."""
+        return cls(chosen_logps, rejected_logps, None, None, chosen_lengths, rejected_lengths)
+
+
+# What a loss function is given: the public name of the same record.
+LossBatch = PairLogps
 
 
 @dataclass(frozen=True)

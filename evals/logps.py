@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Mapping, Sequence
 
-from dpo_plugins.adapters.tokenization import PairLogps, check_truncation_mode, truncate
+from dpo_plugins.adapters.tokenization import check_truncation_mode, truncate
+from dpo_plugins.specs import PairLogps
 from dpo_plugins.errors import DpoPluginsError
 
 from dpo_plugins.adapters.distributed import is_main_process, local_share, map_shared
@@ -29,6 +30,7 @@ from dpo_plugins.adapters.distributed import is_main_process, local_share, map_s
 logger = logging.getLogger("dpo_plugins.eval")
 FORWARDS = ("packed", "plain")
 TOKEN_REDUCTIONS = ("sum", "neg_l2_norm")
+SUMS = ("chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths")  # what a single model's forward fills
 
 
 def pair_logps(
@@ -70,21 +72,20 @@ def pair_logps(
 
 
 def _packed_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:
-    import dataclasses
-
     import torch
 
     from dpo_plugins.adapters.packing import pair_logps as packed_pair_logps
 
     def score(batch):  # on the CPU: under accelerate launch the results travel to the other processes
         out = packed_pair_logps(model, batch, max_length, truncation_mode, logps_dtype=torch.float64)
-        return PairLogps(*(getattr(out, f.name).cpu() for f in dataclasses.fields(PairLogps)))
+        return PairLogps.without_reference(*(getattr(out, name).cpu() for name in SUMS))
 
     batches = [pairs[start:start + batch_size] for start in range(0, len(pairs), batch_size)]
     results = _map_batches(batches, score, progress, desc)
     if not results:
-        return PairLogps(*(torch.zeros(0, dtype=d) for d in (torch.float64, torch.float64, torch.float32, torch.float32)))
-    return PairLogps(*(torch.cat([getattr(r, f.name) for r in results]) for f in dataclasses.fields(PairLogps)))
+        return PairLogps.without_reference(*(torch.zeros(0, dtype=d) for d in (torch.float64, torch.float64,
+                                                                               torch.float32, torch.float32)))
+    return PairLogps.without_reference(*(torch.cat([getattr(r, name) for r in results]) for name in SUMS))
 
 
 def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc, token_reduce="sum") -> PairLogps:
@@ -104,7 +105,7 @@ def _plain_logps(model, pairs, max_length, truncation_mode, batch_size, progress
     for batch, batch_sums in zip(batches, results):
         sums[batch] = batch_sums
         lengths[batch] = torch.tensor([float(sum(rows[i][1])) for i in batch])
-    return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_lengths=lengths[0::2], rejected_lengths=lengths[1::2])
+    return PairLogps.without_reference(sums[0::2], sums[1::2], lengths[0::2], lengths[1::2])
 
 
 def _map_batches(batches, work, progress, desc) -> list:

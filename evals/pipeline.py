@@ -165,9 +165,9 @@ def _cached_reference_logps(request: EvalRequest, reference, tokenizer, pairs) -
     out = pair_logps(reference, pairs, request.max_length, request.truncation_mode, request.batch_size,
                      request.progress, "reference log-probs", forward="packed")
     if is_main_process():
-        cache.store(key, out.chosen, out.rejected)
+        cache.store(key, out.chosen_logps, out.rejected_logps)
         logger.info("reference log-probs: computed and cached")
-    return out.chosen, out.rejected
+    return out.chosen_logps, out.rejected_logps
 
 
 def adapter_base(model: str) -> str | None:
@@ -295,7 +295,7 @@ def compare_models(models: Mapping[str, Tuple[str, Path]], reference: str, refer
         if name == reference_name:  # every log-ratio is 0: an implicit reward against itself is meaningless
             row.update(reward_accuracy=None, reward_ties=None, mean_margin=None)
         else:
-            ratios = implicit_rewards(logps[name], reference_logps.chosen, reference_logps.rejected)
+            ratios = implicit_rewards(logps[name], reference_logps.chosen_logps, reference_logps.rejected_logps)
             rewards = reward_metrics(ratios.chosen_scores, ratios.rejected_scores)
             row.update({key: rewards[key] for key in ("reward_accuracy", "reward_ties", "mean_margin")})
         rows_out[name] = row

@@ -18,7 +18,9 @@ from typing import Any, Mapping, Sequence
 
 from dpo_plugins.errors import DpoPluginsError, SelfReferenceError
 
-from .logps import PairLogps, pair_logps
+from dpo_plugins.specs import PairLogps
+
+from .logps import pair_logps
 
 MODES = ("dpo", "ref-free-sum", "ref-free-mean", "ref-free-norm")
 
@@ -174,25 +176,26 @@ def score_pairs(
         return scores_from(policy_logps, mode)
     if reference_logps is None:
         computed = logps_fn(reference, pairs, desc="reference log-probs", **logps_kwargs)
-        reference_logps = computed.chosen, computed.rejected
+        reference_logps = computed.chosen_logps, computed.rejected_logps
     return implicit_rewards(policy_logps, *reference_logps)
 
 
 def implicit_rewards(policy_logps: PairLogps, ref_chosen, ref_rejected) -> PairScores:
     """dpo mode from sums already computed: the log-ratios, and each model's own ref-free-mean scores."""
     scores = scores_from(policy_logps, "dpo")
-    reference_sums = PairLogps(ref_chosen, ref_rejected, policy_logps.chosen_lengths, policy_logps.rejected_lengths)
+    reference_sums = PairLogps.without_reference(ref_chosen, ref_rejected, policy_logps.chosen_lengths,
+                                                 policy_logps.rejected_lengths)
     scores.ref_free_mean = {"model": scores_from(policy_logps, "ref-free-mean"),
                             "ref": scores_from(reference_sums, "ref-free-mean")}
-    scores.chosen_logratios = _floats(policy_logps.chosen - ref_chosen)
-    scores.rejected_logratios = _floats(policy_logps.rejected - ref_rejected)
+    scores.chosen_logratios = _floats(policy_logps.chosen_logps - ref_chosen)
+    scores.rejected_logratios = _floats(policy_logps.rejected_logps - ref_rejected)
     scores.chosen_scores, scores.rejected_scores = scores.chosen_logratios, scores.rejected_logratios
     return scores
 
 
 def scores_from(logps: PairLogps, mode: str) -> PairScores:
     """One model's scores in ``mode`` from its sums (in dpo mode, the sums; :func:`implicit_rewards` subtracts)."""
-    chosen, rejected = logps.chosen, logps.rejected
+    chosen, rejected = logps.chosen_logps, logps.rejected_logps
     if mode == "ref-free-mean":  # 0 tokens -> NaN -> None: undefined, counted wrong
         chosen, rejected = chosen / logps.chosen_lengths, rejected / logps.rejected_lengths
     sums = mode != "ref-free-norm"  # in that mode the forward returned norms, not log-prob sums
@@ -200,8 +203,8 @@ def scores_from(logps: PairLogps, mode: str) -> PairScores:
         mode=mode,
         chosen_scores=_floats(chosen),
         rejected_scores=_floats(rejected),
-        chosen_logps=_floats(logps.chosen) if sums else [None] * len(chosen),
-        rejected_logps=_floats(logps.rejected) if sums else [None] * len(rejected),
+        chosen_logps=_floats(logps.chosen_logps) if sums else [None] * len(chosen),
+        rejected_logps=_floats(logps.rejected_logps) if sums else [None] * len(rejected),
         chosen_lengths=_floats(logps.chosen_lengths),
         rejected_lengths=_floats(logps.rejected_lengths),
     )

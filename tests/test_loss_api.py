@@ -84,7 +84,7 @@ def test_packed_token_logps_and_wpo_statistic_equal_a_full_logits_computation(to
         got = tokens.mask[row]
         torch.testing.assert_close(tokens.logps[row][got].double(), expected_logps, atol=1e-5, rtol=0)
         torch.testing.assert_close(tokens.log_sum_sq_probs[row][got].double(), expected_sq, atol=1e-5, rtol=0)
-    torch.testing.assert_close(tokens.sums()[: len(targets) // 2], sums.chosen)
+    torch.testing.assert_close(tokens.sums()[: len(targets) // 2], sums.chosen_logps)
 
 
 def test_the_commands_that_used_to_fail_run_as_a_trl_user_types_them(tmp_path, tiny_model_dir):

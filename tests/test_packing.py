@@ -108,13 +108,13 @@ def plain_pair_logps(model, pairs, max_length=None, truncation_mode="keep_start"
             token_logps = logits.log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
             sums.append((token_logps * mask[1:]).sum())
             lengths.append(float(mask.sum()))
-    return packing.PairLogps(torch.stack(chosen), torch.stack(rejected), torch.tensor(chosen_len), torch.tensor(rejected_len))
+    return packing.PairLogps.without_reference(torch.stack(chosen), torch.stack(rejected), torch.tensor(chosen_len), torch.tensor(rejected_len))
 
 
 def assert_same(packed, plain):
     # float32 sums of ~100 terms of ~10 each: equal to 1e-5 relative
-    torch.testing.assert_close(packed.chosen, plain.chosen, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(packed.rejected, plain.rejected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed.chosen_logps, plain.chosen_logps, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed.rejected_logps, plain.rejected_logps, rtol=1e-5, atol=1e-5)
     assert packed.chosen_lengths.tolist() == plain.chosen_lengths.tolist()
     assert packed.rejected_lengths.tolist() == plain.rejected_lengths.tolist()
 
@@ -146,7 +146,7 @@ def test_packed_equals_plain_two_row(trl_pairs, tokenizer, max_length, truncatio
         plain = plain_pair_logps(model, trl_pairs, max_length, truncation_mode)
     assert_same(packed, plain)
     if max_length == 60 and truncation_mode == "keep_start":
-        assert packed.chosen_lengths[3] == 0 and packed.chosen[3] == 0  # TRL would drop this row; still defined
+        assert packed.chosen_lengths[3] == 0 and packed.chosen_logps[3] == 0  # TRL would drop this row; still defined
 
 
 def test_gradients_equal_plain_two_row(trl_pairs, tokenizer):
@@ -155,7 +155,7 @@ def test_gradients_equal_plain_two_row(trl_pairs, tokenizer):
     for compute in (packing.pair_logps, plain_pair_logps):
         model = build_tiny_model(tokenizer, seed=2)
         out = compute(model, trl_pairs, 120, "keep_start")
-        ((out.chosen * weights[0]).sum() + (out.rejected * weights[1]).sum()).backward()
+        ((out.chosen_logps * weights[0]).sum() + (out.rejected_logps * weights[1]).sum()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     packed, plain = grads
     assert packed.keys() == plain.keys()
@@ -172,8 +172,8 @@ def test_rejected_tokens_never_see_chosen_tokens(tokenizer):
     with torch.no_grad():
         a = packing.pair_logps(model, [{"prompt_ids": prompt, "chosen_ids": [5, 6, 7], "rejected_ids": rejected}])
         b = packing.pair_logps(model, [{"prompt_ids": prompt, "chosen_ids": [9] * 30, "rejected_ids": rejected}])
-    assert a.rejected.item() == pytest.approx(b.rejected.item(), abs=1e-5)
-    assert a.chosen.item() != pytest.approx(b.chosen.item(), abs=1e-3)
+    assert a.rejected_logps.item() == pytest.approx(b.rejected_logps.item(), abs=1e-5)
+    assert a.chosen_logps.item() != pytest.approx(b.chosen_logps.item(), abs=1e-3)
 
 
 def test_layout_shares_the_prompt_and_continues_positions():
@@ -212,8 +212,8 @@ def test_block_diagonal_mask(tokenizer):
 def test_all_completions_truncated_away_is_still_differentiable(tokenizer):
     model = build_tiny_model(tokenizer)
     out = packing.pair_logps(model, [{"prompt_ids": [1] * 10, "chosen_ids": [2], "rejected_ids": [3]}], max_length=5)
-    assert out.chosen.tolist() == [0.0] and out.chosen_lengths.tolist() == [0.0]
-    out.chosen.sum().backward()
+    assert out.chosen_logps.tolist() == [0.0] and out.chosen_lengths.tolist() == [0.0]
+    out.chosen_logps.sum().backward()
 
 
 def test_bad_truncation_mode_is_a_clear_error(tokenizer):
@@ -248,7 +248,7 @@ def test_equal_to_the_evals_plain_two_row_implementation(trl_pairs, tokenizer, m
         packed = packing.pair_logps(model, trl_pairs, max_length, truncation_mode)
         plain = logps.pair_logps(model, trl_pairs, max_length, truncation_mode, forward="plain")
     assert isinstance(packed, logps.PairLogps)
-    assert_same(packed, logps.PairLogps(*(t.float() for t in (plain.chosen, plain.rejected, plain.chosen_lengths, plain.rejected_lengths))))
+    assert_same(packed, logps.PairLogps.without_reference(*(t.float() for t in (plain.chosen_logps, plain.rejected_logps, plain.chosen_lengths, plain.rejected_lengths))))
 
 
 def test_float64_scoring_matches_the_plain_path_and_is_refused_under_gradient(trl_pairs, tokenizer):
@@ -258,9 +258,9 @@ def test_float64_scoring_matches_the_plain_path_and_is_refused_under_gradient(tr
     with torch.no_grad():
         packed = packing.pair_logps(model, trl_pairs, logps_dtype=torch.float64)
         plain = logps.pair_logps(model, trl_pairs, forward="plain")
-    assert packed.chosen.dtype == torch.float64
-    torch.testing.assert_close(packed.chosen, plain.chosen, rtol=0, atol=1e-6)
-    torch.testing.assert_close(packed.rejected, plain.rejected, rtol=0, atol=1e-6)
+    assert packed.chosen_logps.dtype == torch.float64
+    torch.testing.assert_close(packed.chosen_logps, plain.chosen_logps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(packed.rejected_logps, plain.rejected_logps, rtol=0, atol=1e-6)
     with pytest.raises(DpoPluginsError, match="without gradient"):
         packing.pair_logps(model, trl_pairs, logps_dtype=torch.float64)
 
@@ -271,13 +271,13 @@ def test_a_bfloat16_model_gets_a_float32_log_softmax_and_trains(trl_pairs, token
 
     model = build_tiny_model(tokenizer, seed=9).to(torch.bfloat16)
     packed = packing.pair_logps(model, trl_pairs[:4], 128)
-    assert packed.chosen.dtype == torch.float32
-    (packed.chosen.sum() - packed.rejected.sum()).backward()
+    assert packed.chosen_logps.dtype == torch.float32
+    (packed.chosen_logps.sum() - packed.rejected_logps.sum()).backward()
     assert model.lm_head.weight.grad.dtype == torch.bfloat16 and model.lm_head.weight.grad.abs().sum() > 0
     with torch.no_grad():
         plain = logps.pair_logps(model, trl_pairs[:4], 128, forward="plain")
     # Packed and plain rows take different bf16 kernels: their hidden states agree to bf16 precision only.
-    torch.testing.assert_close(packed.chosen.detach().double(), plain.chosen, rtol=2e-2, atol=0.5)
+    torch.testing.assert_close(packed.chosen_logps.detach().double(), plain.chosen_logps, rtol=2e-2, atol=0.5)
 
 
 def test_a_model_it_cannot_serve_is_refused_not_miscomputed(trl_pairs, tokenizer):

@@ -46,8 +46,8 @@ def test_first_call_computes_second_reuses(model, tokenizer, tmp_path):
     assert (hit, calls) == (False, 2)
     with torch.no_grad():
         direct = packing.pair_logps(model, PAIRS, max_length=32, logps_dtype=torch.float64)
-    torch.testing.assert_close(chosen, direct.chosen)
-    torch.testing.assert_close(rejected, direct.rejected)
+    torch.testing.assert_close(chosen, direct.chosen_logps)
+    torch.testing.assert_close(rejected, direct.rejected_logps)
     again = compute_counting(model, tokenizer, cache, max_length=32)
     assert again[2:] == (True, 0)
     assert torch.equal(again[0], chosen) and torch.equal(again[1], rejected)

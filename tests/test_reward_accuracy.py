@@ -81,7 +81,7 @@ def test_batching_and_sorting_do_not_change_results(tokenizer, tiny_pair, forwar
     policy, _ = tiny_pair
     pairs = [tokenize_pair(row, tokenizer) for row in ROWS]
     one, many = pair_logps(policy, pairs, batch_size=1, forward=forward), pair_logps(policy, pairs, batch_size=16, forward=forward)
-    for field in ("chosen", "rejected"):
+    for field in ("chosen_logps", "rejected_logps"):
         assert getattr(one, field).tolist() == pytest.approx(getattr(many, field).tolist(), abs=1e-5)
     assert many.chosen_lengths.tolist() == [float(len(p["chosen_ids"])) for p in pairs]
 
@@ -89,7 +89,7 @@ def test_batching_and_sorting_do_not_change_results(tokenizer, tiny_pair, forwar
 @pytest.mark.parametrize("forward", FORWARDS)
 def test_no_pairs_give_empty_results(tiny_pair, forward):
     empty = pair_logps(tiny_pair[0], [], forward=forward)
-    assert [tuple(t.shape) for t in (empty.chosen, empty.rejected, empty.chosen_lengths)] == [(0,), (0,), (0,)]
+    assert [tuple(t.shape) for t in (empty.chosen_logps, empty.rejected_logps, empty.chosen_lengths)] == [(0,), (0,), (0,)]
 
 
 def test_a_model_the_packed_forward_cannot_serve_is_scored_the_plain_way(tokenizer, caplog):
@@ -101,7 +101,7 @@ def test_a_model_the_packed_forward_cannot_serve_is_scored_the_plain_way(tokeniz
     with caplog.at_level(logging.INFO, logger="dpo_plugins.eval"):
         scored = pair_logps(model, pairs)
     assert "final_logit_softcapping=30.0" in caplog.text and "scoring the plain way" in caplog.text
-    assert scored.chosen.tolist() == pair_logps(model, pairs, forward="plain").chosen.tolist()
+    assert scored.chosen_logps.tolist() == pair_logps(model, pairs, forward="plain").chosen_logps.tolist()
     with pytest.raises(DpoPluginsError, match="forward 'fast': expected one of packed, plain"):
         pair_logps(model, pairs, forward="fast")
 
