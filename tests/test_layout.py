@@ -23,7 +23,7 @@ SOURCES = {"dpo_plugins": ROOT / "dpo_plugins", "dpo_plugins.adapters": ROOT / "
 # Layers, lowest first: a module may import its own layer and the ones below.
 LAYERS = [
     # formats/files.py and exactjson.py are file I/O every layer may use (evals read judgments files with them)
-    ("base", r"dpo_plugins(\.(errors|specs|records|hookspecs|plugins|atomic|console|formats\.files|formats\.exactjson))?"),
+    ("base", r"dpo_plugins(\.(errors|specs|records|hookspecs|plugins|params|atomic|console|formats\.files|formats\.exactjson))?"),
     ("adapters", r"dpo_plugins\.adapters(\..+)?"),
     ("evals", r"dpo_plugins\.evals(\..+)?"),
     ("features", r"dpo_plugins\.(formats|workflows|default_plugins)(\..+)?"),
@@ -185,6 +185,7 @@ def test_the_architecture_doc_names_every_module_once():
             listed.append(folder + entry)
     in_tree = sorted(str(path.relative_to(ROOT)) for path in MODULES.values())
     assert sorted(listed) == in_tree
+    assert "(docs/architecture.md)" in (ROOT / "README.md").read_text(encoding="utf-8"), "the README links the list"
 
 
 HOOKS = sorted(name for name, value in vars(hookspecs).items() if hasattr(value, "dpo_plugins_spec"))
