@@ -17,7 +17,7 @@ Truncation is TRL's ``DataCollatorForPreference``: ``[prompt + chosen]`` and
 ``keep_end``). When a cut removes the start of a sequence the two prompts
 differ, and the pair becomes two independent blocks.
 
-``pair_logps`` has the contract's signature and result
+``packed_pair_logps`` has the contract's signature and result
 (a :class:`dpo_plugins.specs.PairLogps`, as the plain two-row
 ``dpo_plugins.evals.logps.pair_logps``); it works under
 autograd (policy) and under ``torch.no_grad()`` (reference, eval).
@@ -172,7 +172,7 @@ def _attention_mask(allowed, model):
     return allowed
 
 
-def pair_logps(
+def packed_pair_logps(
     model,
     pairs: Sequence[dict],
     max_length=None,
@@ -204,7 +204,7 @@ def pair_logps(
 
 def collated_pair_logps(model, batch, token_budget: int = DEFAULT_TOKEN_BUDGET, logit_chunk: int = DEFAULT_LOGIT_CHUNK, token_sums: bool = False,
                         per_token: bool = False, log_sum_sq: bool = False):
-    """:func:`pair_logps` on a batch from TRL's ``DataCollatorForPreference`` (already truncated).
+    """:func:`packed_pair_logps` on a batch from TRL's ``DataCollatorForPreference`` (already truncated).
 
     ``batch`` has right-padded ``input_ids`` rows ``[chosen_1..chosen_B,
     rejected_1..rejected_B]``, ``attention_mask`` and ``completion_mask``;

@@ -29,7 +29,7 @@ import torch
 
 from dpo_plugins.adapters.models import cache_dir
 from dpo_plugins.atomic import atomic_file
-from dpo_plugins.adapters.packing import pair_logps
+from dpo_plugins.adapters.packing import packed_pair_logps
 
 logger = logging.getLogger("dpo_plugins.ref_cache")
 FORMAT_VERSION = "3"  # 3: the key covers the model's config; 2: float64 sums (1 held float32)
@@ -202,7 +202,7 @@ def reference_logps(
         chosen, rejected = [], []
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
-                out = pair_logps(model, pairs[start : start + batch_size], max_length, truncation_mode,
+                out = packed_pair_logps(model, pairs[start : start + batch_size], max_length, truncation_mode,
                                  logps_dtype=torch.float64, per_token=ld_alpha is not None)
                 if ld_alpha is not None:
                     out = _ld_pair_sums(*out, ld_alpha)

@@ -74,7 +74,7 @@ def pair_logps(
 def _packed_logps(model, pairs, max_length, truncation_mode, batch_size, progress, desc) -> PairLogps:
     import torch
 
-    from dpo_plugins.adapters.packing import pair_logps as packed_pair_logps
+    from dpo_plugins.adapters.packing import packed_pair_logps
 
     def score(batch):  # on the CPU: under accelerate launch the results travel to the other processes
         out = packed_pair_logps(model, batch, max_length, truncation_mode, logps_dtype=torch.float64)

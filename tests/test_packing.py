@@ -142,7 +142,7 @@ def test_trainer_pairs_really_are_multi_turn_tool_and_uneven(trl_pairs, tokenize
 def test_packed_equals_plain_two_row(trl_pairs, tokenizer, max_length, truncation_mode, token_budget):
     model = build_tiny_model(tokenizer, seed=1).eval()
     with torch.no_grad():
-        packed = packing.pair_logps(model, trl_pairs, max_length, truncation_mode, token_budget=token_budget, logit_chunk=37)
+        packed = packing.packed_pair_logps(model, trl_pairs, max_length, truncation_mode, token_budget=token_budget, logit_chunk=37)
         plain = plain_pair_logps(model, trl_pairs, max_length, truncation_mode)
     assert_same(packed, plain)
     if max_length == 60 and truncation_mode == "keep_start":
@@ -152,7 +152,7 @@ def test_packed_equals_plain_two_row(trl_pairs, tokenizer, max_length, truncatio
 def test_gradients_equal_plain_two_row(trl_pairs, tokenizer):
     weights = torch.randn(2, len(trl_pairs), generator=torch.Generator().manual_seed(0))
     grads = []
-    for compute in (packing.pair_logps, plain_pair_logps):
+    for compute in (packing.packed_pair_logps, plain_pair_logps):
         model = build_tiny_model(tokenizer, seed=2)
         out = compute(model, trl_pairs, 120, "keep_start")
         ((out.chosen_logps * weights[0]).sum() + (out.rejected_logps * weights[1]).sum()).backward()
@@ -170,8 +170,8 @@ def test_rejected_tokens_never_see_chosen_tokens(tokenizer):
     prompt = [rng.randrange(1000) for _ in range(9)]
     rejected = [rng.randrange(1000) for _ in range(7)]
     with torch.no_grad():
-        a = packing.pair_logps(model, [{"prompt_ids": prompt, "chosen_ids": [5, 6, 7], "rejected_ids": rejected}])
-        b = packing.pair_logps(model, [{"prompt_ids": prompt, "chosen_ids": [9] * 30, "rejected_ids": rejected}])
+        a = packing.packed_pair_logps(model, [{"prompt_ids": prompt, "chosen_ids": [5, 6, 7], "rejected_ids": rejected}])
+        b = packing.packed_pair_logps(model, [{"prompt_ids": prompt, "chosen_ids": [9] * 30, "rejected_ids": rejected}])
     assert a.rejected_logps.item() == pytest.approx(b.rejected_logps.item(), abs=1e-5)
     assert a.chosen_logps.item() != pytest.approx(b.chosen_logps.item(), abs=1e-3)
 
@@ -211,20 +211,20 @@ def test_block_diagonal_mask(tokenizer):
 
 def test_all_completions_truncated_away_is_still_differentiable(tokenizer):
     model = build_tiny_model(tokenizer)
-    out = packing.pair_logps(model, [{"prompt_ids": [1] * 10, "chosen_ids": [2], "rejected_ids": [3]}], max_length=5)
+    out = packing.packed_pair_logps(model, [{"prompt_ids": [1] * 10, "chosen_ids": [2], "rejected_ids": [3]}], max_length=5)
     assert out.chosen_logps.tolist() == [0.0] and out.chosen_lengths.tolist() == [0.0]
     out.chosen_logps.sum().backward()
 
 
 def test_bad_truncation_mode_is_a_clear_error(tokenizer):
     with pytest.raises(DpoPluginsError, match="keep_start, keep_end"):
-        packing.pair_logps(build_tiny_model(tokenizer), [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}], 4, "keep_middle")
+        packing.packed_pair_logps(build_tiny_model(tokenizer), [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}], 4, "keep_middle")
 
 
 def test_eager_attention_gets_an_additive_mask(trl_pairs, tokenizer):
     model = build_tiny_model(tokenizer, seed=4, attn_implementation="eager").eval()
     with torch.no_grad():
-        assert_same(packing.pair_logps(model, trl_pairs, 200), plain_pair_logps(model, trl_pairs, 200))
+        assert_same(packing.packed_pair_logps(model, trl_pairs, 200), plain_pair_logps(model, trl_pairs, 200))
 
 
 @pytest.mark.parametrize("max_length, truncation_mode", [(None, "keep_start"), (60, "keep_start"), (60, "keep_end")])
@@ -245,7 +245,7 @@ def test_equal_to_the_evals_plain_two_row_implementation(trl_pairs, tokenizer, m
 
     model = build_tiny_model(tokenizer, seed=6).eval()
     with torch.no_grad():
-        packed = packing.pair_logps(model, trl_pairs, max_length, truncation_mode)
+        packed = packing.packed_pair_logps(model, trl_pairs, max_length, truncation_mode)
         plain = logps.pair_logps(model, trl_pairs, max_length, truncation_mode, forward="plain")
     assert isinstance(packed, logps.PairLogps)
     assert_same(packed, logps.PairLogps.without_reference(*(t.float() for t in (plain.chosen_logps, plain.rejected_logps, plain.chosen_lengths, plain.rejected_lengths))))
@@ -256,13 +256,13 @@ def test_float64_scoring_matches_the_plain_path_and_is_refused_under_gradient(tr
 
     model = build_tiny_model(tokenizer, seed=8)
     with torch.no_grad():
-        packed = packing.pair_logps(model, trl_pairs, logps_dtype=torch.float64)
+        packed = packing.packed_pair_logps(model, trl_pairs, logps_dtype=torch.float64)
         plain = logps.pair_logps(model, trl_pairs, forward="plain")
     assert packed.chosen_logps.dtype == torch.float64
     torch.testing.assert_close(packed.chosen_logps, plain.chosen_logps, rtol=0, atol=1e-6)
     torch.testing.assert_close(packed.rejected_logps, plain.rejected_logps, rtol=0, atol=1e-6)
     with pytest.raises(DpoPluginsError, match="without gradient"):
-        packing.pair_logps(model, trl_pairs, logps_dtype=torch.float64)
+        packing.packed_pair_logps(model, trl_pairs, logps_dtype=torch.float64)
 
 
 def test_a_bfloat16_model_gets_a_float32_log_softmax_and_trains(trl_pairs, tokenizer):
@@ -270,7 +270,7 @@ def test_a_bfloat16_model_gets_a_float32_log_softmax_and_trains(trl_pairs, token
     from dpo_plugins.evals import logps
 
     model = build_tiny_model(tokenizer, seed=9).to(torch.bfloat16)
-    packed = packing.pair_logps(model, trl_pairs[:4], 128)
+    packed = packing.packed_pair_logps(model, trl_pairs[:4], 128)
     assert packed.chosen_logps.dtype == torch.float32
     (packed.chosen_logps.sum() - packed.rejected_logps.sum()).backward()
     assert model.lm_head.weight.grad.dtype == torch.bfloat16 and model.lm_head.weight.grad.abs().sum() > 0
@@ -285,7 +285,7 @@ def test_a_model_it_cannot_serve_is_refused_not_miscomputed(trl_pairs, tokenizer
     model.config.final_logit_softcapping = 30.0
     assert "final_logit_softcapping=30.0" in packing.unsupported_reason(model)
     with pytest.raises(DpoPluginsError, match="use the stock forward for this model"):
-        packing.pair_logps(model, trl_pairs[:1])
+        packing.packed_pair_logps(model, trl_pairs[:1])
 
 
 def _pair_blocks(index, prompt, chosen, rejected):

@@ -45,7 +45,7 @@ def test_first_call_computes_second_reuses(model, tokenizer, tmp_path):
     chosen, rejected, hit, calls = compute_counting(model, tokenizer, cache, max_length=32, batch_size=2)
     assert (hit, calls) == (False, 2)
     with torch.no_grad():
-        direct = packing.pair_logps(model, PAIRS, max_length=32, logps_dtype=torch.float64)
+        direct = packing.packed_pair_logps(model, PAIRS, max_length=32, logps_dtype=torch.float64)
     torch.testing.assert_close(chosen, direct.chosen_logps)
     torch.testing.assert_close(rejected, direct.rejected_logps)
     again = compute_counting(model, tokenizer, cache, max_length=32)
