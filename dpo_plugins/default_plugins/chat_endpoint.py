@@ -1,0 +1,123 @@
+"""One OpenAI-compatible chat-completions endpoint: its URL, its key header, and POSTs with bounded retries.
+
+The same client reaches OpenAI, Azure OpenAI (a deployment URL with an
+``api-version`` query and an ``api-key`` header, or the v1 surface at
+``{endpoint}/openai/v1``), vLLM, llama.cpp server and Ollama. It is plain
+``urllib`` rather than the ``openai`` SDK so that every failure a user can
+cause becomes one line naming the URL (never the key), and so that retries
+are bounded and visible: HTTP 429 and 5xx are retried ``max_retries`` times,
+waiting what ``Retry-After`` asks (at most a minute) or ``retry_wait``
+seconds doubled per try; anything else fails at once.
+
+The key is read from the environment variable the user names and lives only
+in the request headers: :class:`Endpoint`'s ``repr`` leaves them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+from ..errors import DpoPluginsError
+
+RETRIED_STATUSES = (429, 500, 502, 503, 504)
+LONGEST_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to POST and how; ``who`` prefixes every error (e.g. ``judge 'alpaca-eval'``)."""
+
+    url: str
+    who: str
+    timeout: float = 60.0
+    max_retries: int = 5
+    retry_wait: float = 2.0
+    key_env: str | None = None
+    headers: dict = field(default_factory=dict, repr=False)
+
+
+def endpoint(who: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY", api_key_header: str | None = None,
+             azure_deployment: str | None = None, api_version: str | None = None, timeout: float = 60.0,
+             max_retries: int = 5, retry_wait: float = 2.0) -> Endpoint:
+    """The chat-completions endpoint under ``base_url``.
+
+    ``base_url`` is the part before ``/chat/completions`` (``https://api.openai.com/v1``,
+    ``http://localhost:8000/v1``, ``https://NAME.openai.azure.com/openai/v1``); with
+    ``azure_deployment`` it is the Azure resource (``https://NAME.openai.azure.com``) and the URL
+    becomes ``{base_url}/openai/deployments/{azure_deployment}/chat/completions?api-version={api_version}``.
+    The key goes in ``api_key_header``: ``Authorization`` sends ``Bearer KEY``, any other header the
+    bare key; by default ``api-key`` for a deployment URL, else ``Authorization``.
+    """
+    parsed = urllib.parse.urlsplit(str(base_url or ""))
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise DpoPluginsError(f"{who}: base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, not {base_url!r}")
+    root = str(base_url).rstrip("/")
+    if azure_deployment:
+        if not api_version:
+            raise DpoPluginsError(f"{who}: an Azure deployment needs api_version (--judge-param api_version=...)")
+        url = f"{root}/openai/deployments/{urllib.parse.quote(str(azure_deployment), safe='')}/chat/completions"
+    else:
+        url = f"{root}/chat/completions"
+    if api_version:
+        url += "?" + urllib.parse.urlencode({"api-version": str(api_version)})
+    for name, value, low in (("timeout", timeout, 0.0), ("max_retries", max_retries, 0), ("retry_wait", retry_wait, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (name == "timeout" and not value):
+            raise DpoPluginsError(f"{who}: {name} must be a number {'above' if name == 'timeout' else 'at least'} "
+                                  f"{low}, not {value!r}")
+    header = api_key_header or ("api-key" if azure_deployment else "Authorization")
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(str(api_key_env), "") if api_key_env else ""
+    if key:
+        headers[str(header)] = f"Bearer {key}" if str(header).lower() == "authorization" else key
+    return Endpoint(url=url, who=who, timeout=float(timeout), max_retries=int(max_retries),
+                    retry_wait=float(retry_wait), key_env=str(api_key_env) if api_key_env else None, headers=headers)
+
+
+def post_chat(target: Endpoint, body: dict, sleep=time.sleep) -> dict:
+    """The endpoint's JSON answer to ``body``, retrying 429 and 5xx at most ``max_retries`` times."""
+    data = json.dumps(body).encode("utf-8")
+    for attempt in range(target.max_retries + 1):
+        request = urllib.request.Request(target.url, data=data, headers=target.headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=target.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            detail = " ".join(error.read().decode("utf-8", "replace").split())[:300]
+            if error.code in RETRIED_STATUSES and attempt < target.max_retries:
+                sleep(_wait(error.headers.get("Retry-After"), target.retry_wait, attempt))
+                continue
+            tries = f" after {attempt + 1} tries" if attempt else ""
+            hint = ""
+            if error.code in (401, 403):
+                hint = (f" (the key is read from ${target.key_env}; is it set?)" if target.key_env
+                        else " (no key sent: set api_key_env)")
+            raise DpoPluginsError(f"{target.who}: {target.url} returned HTTP {error.code}{tries}{hint}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise DpoPluginsError(f"{target.who}: cannot reach {target.url}: {reason}") from None
+        try:
+            answer = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DpoPluginsError(f"{target.who}: {target.url} did not answer JSON: {error}") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list) or not answer["choices"] \
+                or not isinstance(answer["choices"][0], dict):
+            raise DpoPluginsError(f"{target.who}: {target.url} answered without choices: {json.dumps(answer)[:200]}")
+        return answer
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _wait(retry_after: str | None, retry_wait: float, attempt: int) -> float:
+    """``Retry-After`` seconds when the server gives a number, else ``retry_wait`` doubled per try (capped)."""
+    try:
+        asked = float(retry_after) if retry_after is not None else None
+    except ValueError:
+        asked = None
+    if asked is not None and asked >= 0:
+        return min(asked, LONGEST_WAIT)
+    return min(retry_wait * 2 ** attempt, LONGEST_WAIT)
