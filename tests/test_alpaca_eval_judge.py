@@ -301,8 +301,15 @@ def test_bad_parameters_are_clear(chat_server, tmp_path, monkeypatch):
         annotate(*one, "chatgpt", base_url=f"{root}/v1", local_model="smollm2")
     with pytest.raises(DpoPluginsError, match="did you mean weighted_alpaca_eval_gpt4_turbo"):
         annotate(*one, "weighted_alpaca_eval_gpt4_trubo", base_url=f"{root}/v1")
-    with pytest.raises(DpoPluginsError, match="base_url must be an http"):
-        annotate(*one, "chatgpt", base_url="localhost:8000")
+    with pytest.raises(DpoPluginsError) as error:
+        annotate(*one, "chatgpt", base_url="localhost:8000", seed="x", concurrency=0, timeout=0, max_retries=1.5)
+    assert str(error.value).splitlines() == [
+        "judge 'alpaca-eval': seed must be a whole number, not 'x'",
+        "judge 'alpaca-eval': concurrency must be a whole number at least 1, not 0",
+        "judge 'alpaca-eval': base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, not 'localhost:8000'",
+        "judge 'alpaca-eval': timeout must be a number of seconds above 0, not 0",
+        "judge 'alpaca-eval': max_retries must be a whole number at least 0, not 1.5"]
+
     with pytest.raises(DpoPluginsError, match="needs api_version"):
         annotate(*one, "chatgpt", base_url=root, azure_deployment="d")
     existing = tmp_path / "mine.json"
@@ -380,3 +387,38 @@ def test_smollm2_as_the_weighted_annotator_in_both_orders():
     for row in rows:
         assert 0 < row["p_first_better_policy_first"] < 1 and 0 < row["p_first_better_baseline_first"] < 1
     assert metrics["judge_info"]["params"]["annotator"] == "weighted_alpaca_eval_gpt4_turbo"
+
+
+def test_dpo_eval_with_the_judge_one_line_on_failure_and_no_key_in_the_report(chat_server, run_dpo, tiny_model_dir,
+                                                                               tmp_path):
+    root, server = chat_server
+    prompts = INSTRUCTIONS[:3]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": a, "rejected": b}) + "\n"
+                            for p, a, b in zip(prompts, OUTPUTS_1, OUTPUTS_2)))
+    outputs = {}
+    for name, texts in (("policy", OUTPUTS_1), ("baseline", OUTPUTS_2)):
+        outputs[name] = tmp_path / f"{name}.jsonl"
+        outputs[name].write_text("".join(json.dumps({"prompt": p, "output": o}) + "\n" for p, o in zip(prompts, texts)))
+    command = ["eval", "--model", tiny_model_dir, "--data", data, "--judge", "alpaca-eval",
+               "--judge-param", f"base_url={root}/v1", "--judge-param", "max_retries=1", "--judge-param", "retry_wait=0",
+               "--policy-outputs", outputs["policy"], "--baseline-outputs", outputs["baseline"], "--no-progress"]
+    env = {"OPENAI_API_KEY": "sk-very-secret"}
+    server.mode, server.failures_left = "fail:500:always", -1
+    failed = run_dpo(*command, "--report", tmp_path / "failed", env=env)
+    assert failed.returncode != 0
+    assert "Traceback" not in failed.stderr
+    assert [line for line in failed.stderr.splitlines() if "HTTP 500" in line] == [
+        f"dpo eval: error: judge 'alpaca-eval': {root}/v1/chat/completions returned HTTP 500 after 2 tries: "
+        '{"error": {"message": "boom"}}']
+    assert not (tmp_path / "failed").exists()
+
+    server.mode = "logprobs"
+    done = run_dpo(*command, "--report", tmp_path / "report", env=env)
+    assert done.returncode == 0, done.stderr
+    assert {r["headers"]["authorization"] for r in server.requests if r["headers"].get("authorization")} == {
+        "Bearer sk-very-secret"}
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "report").iterdir() if p.is_file())
+    assert "sk-very-secret" not in written + done.stdout + done.stderr
+    annotations = json.loads((tmp_path / "report" / "annotations.json").read_text())
+    assert [a["annotator"] for a in annotations] == ["alpaca-eval"] * 3

@@ -81,15 +81,18 @@ def annotate(prompts, outputs_a, outputs_b, annotator, base_url=None, local_mode
              max_retries=5, retry_wait=2.0, concurrency=5, price_per_token=None, annotations=None,
              randomize_output_order=False, seed=0) -> list[dict]:
     """AlpacaEval's annotation records for (instruction, output_1=a, output_2=b), in input order."""
-    if bool(base_url) == bool(local_model):
-        raise DpoPluginsError(f"{WHO}: give exactly one of base_url (an OpenAI-compatible endpoint) and local_model "
-                              "(a causal LM name or path)")
+    problems = _problems(base_url, local_model, seed, concurrency, price_per_token, randomize_output_order)
     target = None
     if base_url:
         from .chat_endpoint import endpoint
 
-        target = endpoint(WHO, base_url, api_key_env, api_key_header, azure_deployment, api_version, timeout,
-                          max_retries, retry_wait)
+        try:
+            target = endpoint(WHO, base_url, api_key_env, api_key_header, azure_deployment, api_version, timeout,
+                              max_retries, retry_wait)
+        except DpoPluginsError as error:
+            problems += str(error).splitlines()
+    if problems:
+        raise DpoPluginsError("\n".join(problems))
     with _alpaca_eval_logs() as parse_failures:
         pairwise = _annotator(str(annotator), int(seed), bool(randomize_output_order))
         _use_decoder(pairwise, str(annotator), target, local_model, model, price_per_token, concurrency)
@@ -101,6 +104,23 @@ def annotate(prompts, outputs_a, outputs_b, annotator, base_url=None, local_mode
     if annotations:
         _append_annotations(Path(annotations), records)
     return records
+
+
+def _problems(base_url, local_model, seed, concurrency, price_per_token, randomize_output_order) -> list[str]:
+    """Every bad setting, found before AlpacaEval or a model loads."""
+    from .chat_endpoint import is_number
+
+    problems = [f"{WHO}: {name} must be {kind}, not {value!r}" for name, value, kind, ok in (
+        ("seed", seed, "a whole number", is_number(seed, int)),
+        ("concurrency", concurrency, "a whole number at least 1", is_number(concurrency, int) and concurrency >= 1),
+        ("price_per_token", price_per_token, "a price at least 0 (USD per token)",
+         price_per_token is None or (is_number(price_per_token) and price_per_token >= 0)),
+        ("randomize_output_order", randomize_output_order, "true or false", isinstance(randomize_output_order, bool)),
+    ) if not ok]
+    if bool(base_url) == bool(local_model):
+        problems.insert(0, f"{WHO}: give exactly one of base_url (an OpenAI-compatible endpoint) and local_model "
+                           "(a causal LM name or path)")
+    return problems
 
 
 def config_path(annotator: str) -> Path:

@@ -54,22 +54,25 @@ def endpoint(who: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY"
     The key goes in ``api_key_header``: ``Authorization`` sends ``Bearer KEY``, any other header the
     bare key; by default ``api-key`` for a deployment URL, else ``Authorization``.
     """
+    problems = []
     parsed = urllib.parse.urlsplit(str(base_url or ""))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise DpoPluginsError(f"{who}: base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, not {base_url!r}")
+        problems.append(f"{who}: base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, not {base_url!r}")
+    if azure_deployment and not api_version:
+        problems.append(f"{who}: an Azure deployment needs api_version (--judge-param api_version=...)")
+    problems += [f"{who}: {name} must be {kind}, not {value!r}" for name, value, kind, ok in (
+        ("timeout", timeout, "a number of seconds above 0", is_number(timeout) and timeout > 0),
+        ("max_retries", max_retries, "a whole number at least 0", is_number(max_retries, int) and max_retries >= 0),
+        ("retry_wait", retry_wait, "a number of seconds at least 0", is_number(retry_wait) and retry_wait >= 0),
+    ) if not ok]
+    if problems:
+        raise DpoPluginsError("\n".join(problems))
     root = str(base_url).rstrip("/")
+    url = f"{root}/chat/completions"
     if azure_deployment:
-        if not api_version:
-            raise DpoPluginsError(f"{who}: an Azure deployment needs api_version (--judge-param api_version=...)")
         url = f"{root}/openai/deployments/{urllib.parse.quote(str(azure_deployment), safe='')}/chat/completions"
-    else:
-        url = f"{root}/chat/completions"
     if api_version:
         url += "?" + urllib.parse.urlencode({"api-version": str(api_version)})
-    for name, value, low in (("timeout", timeout, 0.0), ("max_retries", max_retries, 0), ("retry_wait", retry_wait, 0.0)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (name == "timeout" and not value):
-            raise DpoPluginsError(f"{who}: {name} must be a number {'above' if name == 'timeout' else 'at least'} "
-                                  f"{low}, not {value!r}")
     header = api_key_header or ("api-key" if azure_deployment else "Authorization")
     headers = {"Content-Type": "application/json"}
     key = os.environ.get(str(api_key_env), "") if api_key_env else ""
@@ -77,6 +80,11 @@ def endpoint(who: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY"
         headers[str(header)] = f"Bearer {key}" if str(header).lower() == "authorization" else key
     return Endpoint(url=url, who=who, timeout=float(timeout), max_retries=int(max_retries),
                     retry_wait=float(retry_wait), key_env=str(api_key_env) if api_key_env else None, headers=headers)
+
+
+def is_number(value, kind=(int, float)) -> bool:
+    """A real number of ``kind`` (JSON gives ints and floats; a bool is neither)."""
+    return isinstance(value, kind) and not isinstance(value, bool) and value == value
 
 
 def post_chat(target: Endpoint, body: dict, sleep=time.sleep) -> dict:
