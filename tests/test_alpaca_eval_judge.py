@@ -62,6 +62,9 @@ class ChatServer(BaseHTTPRequestHandler):
                                   {"Retry-After": "0"} if status == "429" else {})
         if server.mode == "not-json":
             return self._send(200, None, raw=b"<html>proxy error</html>")
+        if server.mode == "filtered":  # Azure's content filter: an empty answer, no logprobs
+            return self._send(200, {"choices": [{"finish_reason": "content_filter", "index": 0, "logprobs": None,
+                                                 "message": {"content": "", "role": "assistant"}}]})
         text = json.dumps(body["messages"])
         digest = next((i for i, instruction in enumerate(INSTRUCTIONS) if json.dumps(instruction)[1:-1] in text),
                       int(hashlib.sha256(text.encode()).hexdigest(), 16))
@@ -292,8 +295,18 @@ def test_unparsable_and_empty_replies_are_counted_not_raised(chat_server, caplog
     assert "Traceback" not in caplog.text
 
 
+def test_an_empty_filtered_answer_is_a_counted_miss_not_an_error(chat_server, caplog):
+    root, server = chat_server
+    server.mode = "filtered"
+    with caplog.at_level(logging.WARNING):
+        verdicts = alpaca_eval_judge.alpaca_eval_judge(INSTRUCTIONS[:3], OUTPUTS_1[:3], OUTPUTS_2[:3],
+                                                        base_url=f"{root}/v1")
+    assert verdicts == [0.5, 0.5, 0.5]
+    assert "3 of 3 replies could not be parsed by weighted_alpaca_eval_gpt4_turbo's parser" in caplog.text
+
+
 def test_bad_parameters_are_clear(chat_server, tmp_path, monkeypatch):
-    root, _ = chat_server
+    root, server = chat_server
     one = (INSTRUCTIONS[:1], OUTPUTS_1[:1], OUTPUTS_2[:1])
     with pytest.raises(DpoPluginsError, match="exactly one of base_url .* and local_model"):
         annotate(*one, "chatgpt")
@@ -317,6 +330,7 @@ def test_bad_parameters_are_clear(chat_server, tmp_path, monkeypatch):
     with pytest.raises(DpoPluginsError, match="already exists"):
         annotate(*one, "chatgpt", base_url=f"{root}/v1", annotations=existing)
     assert existing.read_text() == "precious"
+    assert server.requests == []  # every check above comes before the first request
     with pytest.raises(DpoPluginsError, match="guanaco_33b completes with huggingface_api_completions"):
         annotate(*one, "guanaco_33b", base_url=f"{root}/v1")
     with pytest.raises(DpoPluginsError, match=r"gpt4_\d's completions_kwargs use tokens_to_avoid"):

@@ -69,11 +69,12 @@ def endpoint_completions(prompts: Sequence[str], model_name: str, max_tokens: in
 def _with_text(choice: dict, total_tokens, target: Endpoint, wants_logprobs: bool) -> dict:
     """AlpacaEval's ``text`` (tool-call arguments when the model called a tool) and ``total_tokens`` added."""
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    if wants_logprobs and not (isinstance(choice.get("logprobs"), dict) and choice["logprobs"].get("content")):
+    content = message.get("content")
+    has_logprobs = isinstance(choice.get("logprobs"), dict) and choice["logprobs"].get("content")
+    if wants_logprobs and content and not has_logprobs:  # an answer, but not its logprobs (an empty one is a miss)
         raise DpoPluginsError(f"{target.who}: {target.url} answered without logprobs, which this annotator's parser "
                               "reads: use an endpoint that returns logprobs and top_logprobs (OpenAI, Azure OpenAI, "
                               "vLLM and llama.cpp server do), or an annotator that parses text")
-    content = message.get("content")
     text = " " if content == "" else content  # AlpacaEval's stand-in for an empty answer
     for key, path in (("function_call", ("arguments",)), ("tool_calls", (0, "function", "arguments"))):
         value = message.get(key)

@@ -91,16 +91,17 @@ def annotate(prompts, outputs_a, outputs_b, annotator, base_url=None, local_mode
                               max_retries, retry_wait)
         except DpoPluginsError as error:
             problems += str(error).splitlines()
+    if annotations and str(Path(annotations).resolve()) not in _written and Path(annotations).exists():
+        problems.append(f"{WHO}: annotations file {annotations} already exists; give a new path "
+                        "(the judge never overwrites a file it did not write)")
     if problems:
         raise DpoPluginsError("\n".join(problems))
-    with _alpaca_eval_logs() as parse_failures:
-        pairwise = _annotator(str(annotator), int(seed), bool(randomize_output_order))
-        _use_decoder(pairwise, str(annotator), target, local_model, model, price_per_token, concurrency)
+    with _alpaca_eval_logs_off():
+        pairwise, configs = _annotator(str(annotator), seed, randomize_output_order)
+        _use_decoder(pairwise, configs, target, local_model, model, price_per_token, concurrency)
         rows = [{"instruction": prompt_text(p), "output_1": a, "output_2": b}
                 for p, a, b in zip(prompts, outputs_a, outputs_b)]
         records = [_plain(r) for r in pairwise.annotate_pairs(rows)] if rows else []
-    if parse_failures:
-        logger.debug("%s: AlpacaEval could not parse: %s", WHO, "; ".join(parse_failures[:3]))
     if annotations:
         _append_annotations(Path(annotations), records)
     return records
@@ -140,6 +141,7 @@ def config_path(annotator: str) -> Path:
 
 
 def _annotator(annotator: str, seed: int, randomize: bool):
+    """AlpacaEval's ``PairwiseAnnotator`` for the config, and the config's raw entries by annotator name."""
     path = config_path(annotator)
     utils = _alpaca_eval("utils")
     try:
@@ -161,17 +163,17 @@ def _annotator(annotator: str, seed: int, randomize: bool):
         raise DpoPluginsError("\n".join(f"{WHO}: {p}" for p in problems))
     pairwise_module = _alpaca_eval("annotators.pairwise_evaluator")
     try:
-        return pairwise_module.PairwiseAnnotator(annotators_config=path, caching_path=None, seed=seed,
-                                                 is_randomize_output_order=randomize)
+        pairwise = pairwise_module.PairwiseAnnotator(annotators_config=path, caching_path=None, seed=seed,
+                                                     is_randomize_output_order=randomize)
     except Exception as error:  # AlpacaEval rejecting the config's fields
         raise DpoPluginsError(f"{WHO}: AlpacaEval cannot build {path}: {type(error).__name__}: {error}") from None
+    return pairwise, configs
 
 
-def _use_decoder(pairwise, annotator, target, local_model, model, price_per_token, concurrency) -> None:
+def _use_decoder(pairwise, configs, target, local_model, model, price_per_token, concurrency) -> None:
     """Point every single annotator of the pool at the endpoint or the local model (nothing else changes)."""
     from . import alpaca_eval_decoders as decoders
 
-    configs = _alpaca_eval("utils").load_configs(config_path(annotator))
     for name, single in pairwise.annotators.items():
         kwargs = dict(single.completions_kwargs)
         if model:
@@ -205,12 +207,7 @@ def _use_decoder(pairwise, annotator, target, local_model, model, price_per_toke
 def _append_annotations(path: Path, records: list[dict]) -> None:
     """AlpacaEval's records, added to the file this process created (both orders land in one file)."""
     key = str(path.resolve())
-    if key not in _written:
-        if path.exists():
-            raise DpoPluginsError(f"{WHO}: annotations file {path} already exists; give a new path "
-                                  "(the judge never overwrites a file it did not write)")
-        _written[key] = []
-    _written[key] += records
+    _written.setdefault(key, []).extend(records)
     write_text(path, json.dumps(_written[key], indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
@@ -244,26 +241,21 @@ def _alpaca_eval(module: str):
 
 
 @contextlib.contextmanager
-def _alpaca_eval_logs():
-    """Keep AlpacaEval's root-logger chatter (and the tracebacks it logs for unparsable replies) off the console.
+def _alpaca_eval_logs_off():
+    """Keep AlpacaEval's root-logger chatter, and the tracebacks it logs for unparsable replies, off the console.
 
-    Yields the list of parse failures it reported, one line each.
+    AlpacaEval logs through the root logger itself, so a filter there drops its records and no one else's.
     """
-    failures: list[str] = []
 
-    def quiet(record: logging.LogRecord) -> bool:
-        if "alpaca_eval" not in record.pathname:
-            return True
-        if record.levelno >= logging.ERROR:
-            failures.append(record.getMessage().splitlines()[0][:200])
-        return False
+    def not_alpaca_eval(record: logging.LogRecord) -> bool:
+        return "alpaca_eval" not in Path(record.pathname).parts
 
     root = logging.getLogger()
-    root.addFilter(quiet)
+    root.addFilter(not_alpaca_eval)
     try:
-        yield failures
+        yield
     finally:
-        root.removeFilter(quiet)
+        root.removeFilter(not_alpaca_eval)
 
 
 @hookimpl
