@@ -18,11 +18,12 @@ import time
 from importlib import resources
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--annotator", default="weighted_alpaca_eval_gpt4_turbo")
     parser.add_argument("--local-model", default="smollm2")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = parser.parse_args(argv)
 
     from dpo_plugins.evals.stats import wilson_interval
@@ -51,9 +52,9 @@ def main(argv=None) -> dict:
         "judge_calls": 2 * len(rows), "wall_seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
         "seconds_per_1000_examples": round(seconds / (2 * len(rows)) * 1000, 1),
     }
-    print(json.dumps(result, indent=2))
-    return result
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -312,6 +312,8 @@ def test_bad_parameters_are_clear(chat_server, tmp_path, monkeypatch):
         annotate(*one, "chatgpt")
     with pytest.raises(DpoPluginsError, match="exactly one of base_url"):
         annotate(*one, "chatgpt", base_url=f"{root}/v1", local_model="smollm2")
+    with pytest.raises(DpoPluginsError, match="model is for an endpoint .base_url.; a local_model runs without it"):
+        annotate(*one, "chatgpt", local_model="smollm2", model="gpt-4o")
     with pytest.raises(DpoPluginsError, match="did you mean weighted_alpaca_eval_gpt4_turbo"):
         annotate(*one, "weighted_alpaca_eval_gpt4_trubo", base_url=f"{root}/v1")
     with pytest.raises(DpoPluginsError) as error:

@@ -82,6 +82,11 @@ def annotate(prompts, outputs_a, outputs_b, annotator, base_url=None, local_mode
              randomize_output_order=False, seed=0) -> list[dict]:
     """AlpacaEval's annotation records for (instruction, output_1=a, output_2=b), in input order."""
     problems = _problems(base_url, local_model, seed, concurrency, price_per_token, randomize_output_order)
+    if local_model:
+        http_only = {"model": model, "azure_deployment": azure_deployment, "api_version": api_version,
+                     "api_key_header": api_key_header, "price_per_token": price_per_token}
+        problems += [f"{WHO}: {name} is for an endpoint (base_url); a local_model runs without it"
+                     for name, value in http_only.items() if value is not None]
     target = None
     if base_url:
         from .chat_endpoint import endpoint
