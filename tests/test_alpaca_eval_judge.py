@@ -62,6 +62,9 @@ class ChatServer(BaseHTTPRequestHandler):
                                   {"Retry-After": "0"} if status == "429" else {})
         if server.mode == "not-json":
             return self._send(200, None, raw=b"<html>proxy error</html>")
+        if server.mode == "filtered-400" and "joke" in json.dumps(body["messages"]):  # Azure refusing the prompt
+            return self._send(400, {"error": {"code": "content_filter", "status": 400, "message": "The response was "
+                                              "filtered due to the prompt triggering content management policy."}})
         if server.mode == "filtered":  # Azure's content filter: an empty answer, no logprobs
             return self._send(200, {"choices": [{"finish_reason": "content_filter", "index": 0, "logprobs": None,
                                                  "message": {"content": "", "role": "assistant"}}]})
@@ -303,6 +306,10 @@ def test_an_empty_filtered_answer_is_a_counted_miss_not_an_error(chat_server, ca
                                                         base_url=f"{root}/v1")
     assert verdicts == [0.5, 0.5, 0.5]
     assert "3 of 3 replies could not be parsed by weighted_alpaca_eval_gpt4_turbo's parser" in caplog.text
+    server.mode = "filtered-400"  # the prompt of INSTRUCTIONS[3] (a joke) is refused with HTTP 400; the rest answer
+    records = annotate(INSTRUCTIONS[2:5], OUTPUTS_1[2:5], OUTPUTS_2[2:5], "weighted_alpaca_eval_gpt4_turbo",
+                       base_url=f"{root}/v1")
+    assert [r["preference"] is None for r in records] == [False, True, True]  # INSTRUCTIONS[4]: an unparsable reply
 
 
 def test_bad_parameters_are_clear(chat_server, tmp_path, monkeypatch):

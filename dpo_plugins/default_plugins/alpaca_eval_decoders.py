@@ -10,7 +10,9 @@ annotator's prompt template, completion settings and parser run unchanged:
   ``openai_completions`` would send (``top_p`` 1 and ``temperature`` 0.7 unless the config says
   otherwise) and keeps each ``choice`` as the server sent it, with AlpacaEval's ``text`` and
   ``total_tokens`` added. An annotator that reads logprobs gets one clear error from an
-  endpoint that answers without them, instead of every preference silently missing.
+  endpoint that answers without them, instead of every preference silently missing. A prompt
+  that Azure's content filter refuses (HTTP 400, ``content_filter``) gets an empty answer, as a
+  filtered completion does: a counted miss, not the end of the run.
 - :func:`local_completions` decodes greedily with a loaded causal LM and reports, per generated
   token, the model's own log-probabilities in the same ``logprobs.content[i].top_logprobs``
   shape: the ``top_logprobs`` most likely tokens plus the tokens the parser reads (``m`` and
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from ..errors import DpoPluginsError
-from .chat_endpoint import Endpoint, post_chat
+from .chat_endpoint import ContentFiltered, Endpoint, post_chat
 
 # openai_completions's arguments that configure the client, not the request (see its signature).
 CLIENT_ONLY = ("is_skip_multi_tokens_to_avoid", "is_strip", "num_procs", "batch_size", "requires_chatml", "is_chat",
@@ -55,7 +57,11 @@ def endpoint_completions(prompts: Sequence[str], model_name: str, max_tokens: in
     def complete(prompt: str) -> dict:
         text = prompt.strip() if is_strip else prompt
         body = {"model": model_name, "messages": messages_of(text), "max_tokens": max_tokens, **fields}
-        answer = post_chat(target, body)
+        try:
+            answer = post_chat(target, body)
+        except ContentFiltered:  # the prompt was refused: an empty answer, which the parser counts as a miss
+            answer = {"choices": [{"finish_reason": "content_filter", "index": 0, "logprobs": None,
+                                   "message": {"content": "", "role": "assistant"}}]}
         usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
         total = usage.get("total_tokens")  # AlpacaEval divides by the prompts in the request: a float
         return _with_text(dict(answer["choices"][0]), None if total is None else total / 1, target, wants_logprobs)

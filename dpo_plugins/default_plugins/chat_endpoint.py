@@ -29,6 +29,10 @@ RETRIED_STATUSES = (429, 500, 502, 503, 504)
 LONGEST_WAIT = 60.0
 
 
+class ContentFiltered(DpoPluginsError):
+    """HTTP 400 with ``error.code`` ``content_filter``: Azure's filter refused the prompt itself (not a broken call)."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where to POST and how; ``who`` prefixes every error (e.g. ``judge 'alpaca-eval'``)."""
@@ -96,7 +100,10 @@ def post_chat(target: Endpoint, body: dict, sleep=time.sleep) -> dict:
             with urllib.request.urlopen(request, timeout=target.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as error:
-            detail = " ".join(error.read().decode("utf-8", "replace").split())[:300]
+            body = error.read().decode("utf-8", "replace")
+            detail = " ".join(body.split())[:300]
+            if error.code == 400 and _error_code(body) == "content_filter":
+                raise ContentFiltered(f"{target.who}: {target.url} filtered the prompt: {detail}") from None
             if error.code in RETRIED_STATUSES and attempt < target.max_retries:
                 sleep(_wait(error.headers.get("Retry-After"), target.retry_wait, attempt))
                 continue
@@ -118,6 +125,15 @@ def post_chat(target: Endpoint, body: dict, sleep=time.sleep) -> dict:
             raise DpoPluginsError(f"{target.who}: {target.url} answered without choices: {json.dumps(answer)[:200]}")
         return answer
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _error_code(body: str):
+    """``error.code`` of an OpenAI-style error body, if it has one."""
+    try:
+        error = json.loads(body).get("error")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _wait(retry_after: str | None, retry_wait: float, attempt: int) -> float:
