@@ -94,6 +94,7 @@ class ChatServer(BaseHTTPRequestHandler):
                                    "total_tokens": prompt_tokens + 1}})
 
     def _send(self, status, payload, headers=None, raw=None):
+        type(self).requests[-1]["reply"] = payload
         data = raw if raw is not None else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -176,27 +177,21 @@ def test_annotations_equal_alpaca_evals_pairwise_annotator(chat_server, tmp_path
 
 
 def test_parsed_preferences_equal_alpaca_evals_parser_on_the_replies(chat_server):
+    import math
+
     from alpaca_eval import completion_parsers
 
     root, server = chat_server
     records = annotate(INSTRUCTIONS, OUTPUTS_1, OUTPUTS_2, "weighted_alpaca_eval_gpt4_turbo", base_url=f"{root}/v1")
-    by_text = {}
-    for request in server.requests:  # re-ask the server for each reply and parse it with AlpacaEval's parser
-        content = request["body"]["messages"][-1]["content"]
-        by_text[content] = request
-    checked = 0
-    for record in records:
-        if record["output_1"] == record["output_2"]:
-            continue
-        reply = record.get("preference_raw_completion")
-        if reply is None:  # unparsable: AlpacaEval keeps no raw completion for it either
-            assert record["preference"] is None
-            continue
-        expected = completion_parsers.logprob_parser(reply, numerator_token="m", denominator_tokens=["m", "M"],
-                                                     is_binarize=False)
-        assert record["preference"] == expected[0]
-        checked += 1
-    assert checked >= 4
+    by_instruction = {r["instruction"]: r for r in records}
+    assert len(server.requests) == 7
+    for request in server.requests:  # the reply the server sent, read by AlpacaEval's parser with the config's kwargs
+        text = json.dumps(request["body"]["messages"])
+        instruction = next(i for i in INSTRUCTIONS if json.dumps(i)[1:-1] in text)
+        (expected,) = completion_parsers.logprob_parser(request["reply"]["choices"][0], numerator_token="m",
+                                                        denominator_tokens=["m", "M"], is_binarize=False)
+        got = by_instruction[instruction]["preference"]
+        assert (got is None) if math.isnan(expected) else got == expected
 
 
 def test_the_judge_returns_p_a_better_for_both_orders(chat_server):
