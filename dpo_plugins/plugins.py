@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = (
     "dpo_plugins.default_plugins.reference_free_losses",
     "dpo_plugins.default_plugins.research_losses",
     "dpo_plugins.default_plugins.judges",
+    "dpo_plugins.default_plugins.alpaca_eval_judge",
     "dpo_plugins.default_plugins.merge_methods",
     "dpo_plugins.default_plugins.checks",
 )

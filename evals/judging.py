@@ -188,7 +188,7 @@ def _secret(name: str) -> bool:
     """Parameters that may hold credentials are never written to a report."""
     lowered = name.lower()
     return any(word in lowered for word in ("key", "token", "secret", "password")) and lowered not in (
-        "api_key_env", "api_key_header", "max_tokens")
+        "api_key_env", "api_key_header", "max_tokens", "price_per_token")
 
 
 def _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings) -> list:

@@ -86,3 +86,13 @@ def test_demo_sweep_scores_each_checkpoint_on_the_held_out_pairs(tmp_path, tiny_
         assert row["wilson_95"] == wilson_interval(correct, own["n_pairs"] - correct, 0)
         assert row["judge"]["wins"] + row["judge"]["ties"] + row["judge"]["losses"] == 2
         assert row["judge"]["first_position_rate"] == own["first_position_rate"]
+
+
+def test_alpaca_eval_judge_benchmark_counts_agreement_and_the_floor(run_benchmark, tiny_model_dir):
+    from dpo_plugins.formats.pipeline import read_trl_rows
+
+    result = run_benchmark("benchmarks.alpaca_eval_judge_hh", "--pairs", 3, "--local-model", tiny_model_dir)
+    rows = read_trl_rows(str(ROOT / "dpo_plugins" / "data" / "demo" / "hh-harmless-azure.jsonl"), None)[-3:]
+    longer = [len(r["chosen"][-1]["content"]) > len(r["rejected"][-1]["content"]) for r in rows]
+    assert result["longest_floor"] == sum(longer) / 3
+    assert result["judge_calls"] == 6 and result["human_agreement"] in (0, 1 / 6, 1 / 3, 0.5, 2 / 3, 5 / 6, 1)
