@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from dpo_plugins.evals.stats import wilson_interval
-    from dpo_plugins.evals.winrate import judge_both_orders
-    from dpo_plugins.formats.pipeline import read_trl_rows
+    from dpo_plugins.evals.judging import judge_both_orders
+    from dpo_plugins.workflows.convert import read_trl_rows
 
     path = resources.files("dpo_plugins") / "data" / "demo" / "hh-harmless-azure.jsonl"
     rows = read_trl_rows(str(path), None)[-args.pairs:]

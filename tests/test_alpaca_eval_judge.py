@@ -23,7 +23,7 @@ from conftest import build_tiny_model
 from dpo_plugins.default_plugins import alpaca_eval_judge
 from dpo_plugins.default_plugins.alpaca_eval_judge import annotate
 from dpo_plugins.errors import DpoPluginsError
-from dpo_plugins.evals.winrate import judge_both_orders
+from dpo_plugins.evals.judging import judge_both_orders
 
 INSTRUCTIONS = ["Name a prime number.", "What is the capital of Italy?", "Say hi.", "Tell a joke.",
                 "Explain rain in one line.", "Give me a colour.", "Count to three.", "Spell 'cat'."]

@@ -89,7 +89,7 @@ def test_demo_sweep_scores_each_checkpoint_on_the_held_out_pairs(tmp_path, tiny_
 
 
 def test_alpaca_eval_judge_benchmark_counts_agreement_and_the_floor(run_benchmark, tiny_model_dir):
-    from dpo_plugins.formats.pipeline import read_trl_rows
+    from dpo_plugins.workflows.convert import read_trl_rows
 
     result = run_benchmark("benchmarks.alpaca_eval_judge_hh", "--pairs", 3, "--local-model", tiny_model_dir)
     rows = read_trl_rows(str(ROOT / "dpo_plugins" / "data" / "demo" / "hh-harmless-azure.jsonl"), None)[-3:]

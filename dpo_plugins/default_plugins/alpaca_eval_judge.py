@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import DpoPluginsError
-from ..evals.winrate import prompt_text
+from ..evals.judging import prompt_text
 from ..hookspecs import hookimpl
 from ..specs import Judge
 
