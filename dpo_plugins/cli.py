@@ -28,7 +28,7 @@ from .console import silence_third_party_deprecations
 from .errors import DpoPluginsError, Terminated
 from .plugins import load_module, load_plugins, plugin_of_file
 
-COMMANDS = ("plugins", "convert", "validate", "train", "eval", "winrate", "demo", "merge", "anneal")
+COMMANDS = ("plugins", "convert", "validate", "train", "eval", "winrate", "judge-eval", "demo", "merge", "anneal")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dpo-plugins {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        command = importlib.import_module(f"{__package__}.commands.{name}")
+        command = importlib.import_module(f"{__package__}.commands.{name.replace('-', '_')}")
         sub = subcommands.add_parser(name, parents=[common], help=command.HELP, description=command.__doc__,
                                     allow_abbrev=False)
         command.add_arguments(sub)

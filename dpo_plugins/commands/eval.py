@@ -54,6 +54,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--judge", metavar="NAME", help="judge plugin for the win-rate (see `dpo plugins`)")
     parser.add_argument("--judge-param", action="append", default=[], metavar="K=V",
                         help="judge parameter (repeatable); V is parsed as JSON when it can be")
+    parser.add_argument("--judge-check", metavar="PAIRS", help="human-labelled pairs (any format; chosen = the human's "
+                        "preference) to measure the judge on: its agreement, next to the floors, goes with the win-rate")
+    parser.add_argument("--no-judge-cache", action="store_true",
+                        help="call the judge on every comparison instead of reading/writing cached answers")
     parser.add_argument("--baseline", metavar="B", help="baseline model for the win-rate (default: --ref)")
     parser.add_argument("--policy-outputs", metavar="FILE", help="JSONL {prompt, output}: use instead of generating")
     parser.add_argument("--baseline-outputs", metavar="FILE", help="JSONL {prompt, output}: use instead of generating")
@@ -72,12 +76,22 @@ def run(args) -> int:
     from dpo_plugins.formats.rewardbench import subsets_of
 
     show_info_logs("eval")
-    check_output(args.report, folder=True, inputs=[args.data])  # before minutes of scoring, not after
+    check_output(args.report, folder=True, inputs=[p for p in (args.data, args.judge_check) if p])  # before minutes of scoring
     if args.ref is None and (base := adapter_base(args.model)) is not None:
         args.ref = base
         _log.info("%s is a PEFT adapter; its base model %s is the reference", args.model, base)
-    if args.judge is None and (args.baseline or args.policy_outputs or args.baseline_outputs):
-        raise DpoPluginsError("--baseline, --policy-outputs and --baseline-outputs need --judge")
+    if args.judge is None and (args.baseline or args.policy_outputs or args.baseline_outputs or args.judge_check):
+        raise DpoPluginsError("--baseline, --policy-outputs, --baseline-outputs and --judge-check need --judge")
+    judge_params = parse_judge_params(args.judge_param)
+    judge_check_pairs = None
+    if args.judge:
+        from dpo_plugins.evals.winrate import check_judge_params
+
+        check_judge_params(args.judge, judge_params)  # before any model loads
+    if args.judge_check:
+        from dpo_plugins.evals.judge_agreement import labelled_pairs
+
+        judge_check_pairs = labelled_pairs(read_trl_rows(args.judge_check), args.judge_check)
     request = EvalRequest(
         model=args.model, ref=args.ref, rows=read_trl_rows(args.data, args.from_format), data=args.data,
         reward_mode=args.reward_mode or ("dpo" if args.ref else "ref-free-sum"),
@@ -85,7 +99,8 @@ def run(args) -> int:
         truncation_mode=args.truncation_mode, tokenization=args.tokenization, subsets=subsets_of(args.data),
         batch_size=args.batch_size, forward=args.forward,
         ref_cache=not args.no_ref_cache, judge=args.judge,
-        judge_params=_parse_params(args.judge_param), baseline=args.baseline or args.ref,
+        judge_params=judge_params, judge_cache=not args.no_judge_cache, judge_check=args.judge_check,
+        judge_check_pairs=judge_check_pairs, baseline=args.baseline or args.ref,
         policy_outputs=args.policy_outputs, baseline_outputs=args.baseline_outputs, max_prompts=args.max_prompts,
         generation={"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,
                     "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed},
@@ -99,12 +114,16 @@ def run(args) -> int:
     summary = {k: metrics.get(k) for k in ("n_pairs", "reward_accuracy", "reward_ties", "mean_margin", "tokenization",
                                          "subsets", "win_rate", "standard_error", "win_rate_ci", "lc_win_rate",
                                          "lc_method") if k in metrics}
+    if "judge_check" in metrics:
+        summary["judge_human_agreement"] = {name: {k: columns[k] for k in ("Human agreement", "Human agreement 95% CI")}
+                                            for name, columns in metrics["judge_check"]["annotators"].items()}
     print(json.dumps(summary))
     print(f"report written to {args.report}", file=sys.stderr)
     return 0
 
 
-def _parse_params(items) -> dict:
+def parse_judge_params(items) -> dict:
+    """``--judge-param K=V`` items as a dict; V is JSON when it parses as JSON, else the string."""
     params = {}
     for item in items:
         key, sep, value = item.partition("=")
