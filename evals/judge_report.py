@@ -76,7 +76,7 @@ def plot_agreement(path: Path, result: Mapping[str, Any]) -> None:
     position.bar(names, [r["Proba. prefer 1"] or 0 for r in rows], color=colors)
     position.axhline(0.5, color="black", linewidth=1, linestyle="--")
     position.set_ylim(0, 1)
-    position.set_title("Proba. prefer 1 (0.5 = no position bias)")
+    position.set_title("Proba. prefer 1\n(0.5 = no position bias)")
     save_figure(figure, path)
 
 
@@ -86,7 +86,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     lines = ["# dpo judge-eval report", "",
              f"Judge `{judge}` ({columns['provider']}) on {result['n_pairs']} human-labelled pairs from "
              f"`{result.get('data')}`, each judged in both orders ({result['n_annotations']} annotations), next to "
-             "the floors `longest` (AlpacaEval's: always the longer output) and `random` (a seeded coin).", "",
+             "the floor judges (`longest`: AlpacaEval's, always the longer output; `random`: a seeded coin).", "",
              f"**Human agreement of `{judge}`: {agreement_text(columns)}.**", "", *annotator_table(result)]
     lines += ["", f"Judge settings: `{json.dumps(result.get('judge_params') or {}, sort_keys=True)}`.", "",
               "## Definitions", ""]

@@ -162,6 +162,12 @@ def test_answers_are_cached_by_judge_params_and_texts_and_failures_are_not(count
     assert len(list(counting.rglob("*.json"))) == 8
 
 
+def test_a_win_rate_with_nothing_judged_has_no_rates_and_counts_the_nulls(counting):
+    metrics, rows = judge_both_orders("counting", ["p1", "p2"], ["???", "x"], ["y", "??? z"])
+    assert metrics["n_null"] == 2 and metrics["win_rate"] is None and metrics["win_rate_ci"] is None
+    assert [row["outcome"] for row in rows] == [None, None]
+
+
 def test_an_unreadable_cache_entry_is_judged_again(counting):
     judge_both_orders("counting", ["p"], ["good"], ["meh"])
     for entry in counting.rglob("*.json"):
@@ -209,6 +215,12 @@ def test_judge_eval_bad_input_is_one_line_each_before_any_judging(counting, tmp_
     assert "Traceback" not in err and CountingJudge.calls == []
     assert main(["judge-eval", "--data", str(data), "--judge", "counting", "--prompt-price", "1"]) == 1
     assert "--prompt-price and --completion-price go together" in capsys.readouterr().err
+    unreadable = pairs_file(tmp_path / "unreadable.jsonl", [("p1", "???", "meh"), ("p2", "ok", "??? too")])
+    assert main(["judge-eval", "--data", str(unreadable), "--judge", "counting", "--json"]) == 0
+    judge = json.loads(capsys.readouterr().out)["annotators"]["counting"]
+    assert judge["# parsed"] == 0 and judge["Human agreement"] is None and judge["Human agreement 95% CI"] is None
+    assert main(["judge-eval", "--data", str(unreadable), "--judge", "counting"]) == 0
+    assert "n/a (nothing parsed)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", [
