@@ -11,7 +11,8 @@ An entry is one small JSON file under ``$DPO_PLUGINS_CACHE/judgments/``
 holding the full key's digest, the judgment, the seconds the call took (per
 comparison) and the token counts the judge reported. It is written
 atomically. A file that cannot be read or whose key does not match is a
-miss (and is replaced by the next answer). A failed call (an exception, or a
+miss (and is replaced by the next answer); a cache that cannot be written
+is a warning, never a failed run. A failed call (an exception, or a
 judge's ``None`` for a comparison it could not judge) is never stored.
 
 A parameter that names an existing file or folder (a local judge model) is
@@ -81,6 +82,7 @@ class JudgeCache:
 
             root = cache_dir() / "judgments"
         self.root = Path(root)
+        self.unwritable = False
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -104,4 +106,9 @@ class JudgeCache:
             return
         entry = {"key": key, "judgment": answer.judgment, "seconds": answer.seconds,
                  "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}
-        write_text(self.path(key), json.dumps(entry, allow_nan=False) + "\n")
+        try:
+            write_text(self.path(key), json.dumps(entry, allow_nan=False) + "\n")
+        except OSError as error:  # a full or read-only cache costs the next run time, never this run's answers
+            if not self.unwritable:
+                logger.warning("judge cache %s is not writable (%s): answers are not kept", self.root, error)
+            self.unwritable = True

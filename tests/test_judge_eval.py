@@ -168,12 +168,21 @@ def test_a_win_rate_with_nothing_judged_has_no_rates_and_counts_the_nulls(counti
     assert [row["outcome"] for row in rows] == [None, None]
 
 
-def test_an_unreadable_cache_entry_is_judged_again(counting):
+def test_an_unreadable_cache_entry_is_judged_again_and_an_unwritable_cache_is_a_warning(counting, caplog):
     judge_both_orders("counting", ["p"], ["good"], ["meh"])
     for entry in counting.rglob("*.json"):
         entry.write_text("{not json")
     metrics, _ = judge_both_orders("counting", ["p"], ["good"], ["meh"])
     assert CountingJudge.calls == [1, 1, 1, 1] and metrics["wins"] == 1
+    blocked = counting.parent / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    with caplog.at_level("WARNING", logger="dpo_plugins.judge_cache"):
+        from dpo_plugins.evals import judge_cache
+
+        store = judge_cache.JudgeCache(blocked / "judgments")
+        store.store("ab" * 32, judge_cache.CachedAnswer("a", 0.1))
+        store.store("cd" * 32, judge_cache.CachedAnswer("b", 0.1))
+    assert caplog.text.count("is not writable") == 1 and store.load("ab" * 32) is None
 
 
 def pairs_file(path: Path, rows) -> Path:
