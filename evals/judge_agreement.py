@@ -176,10 +176,13 @@ def agreement_interval(rows, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
     counts = np.array([n for s, n in by_pair.values()], dtype=float)
     if not counts.sum():
         return None
-    draws = np.random.default_rng(seed).integers(0, len(sums), size=(resamples, len(sums)))
-    parsed = counts[draws].sum(axis=1)
-    means = sums[draws].sum(axis=1)[parsed > 0] / parsed[parsed > 0]
-    low, high = np.percentile(means, [2.5, 97.5])
+    rng, means = np.random.default_rng(seed), []
+    chunk = max(1, 4_000_000 // len(sums))  # resamples at a time: memory stays bounded for any number of pairs
+    for start in range(0, resamples, chunk):
+        draws = rng.integers(0, len(sums), size=(min(chunk, resamples - start), len(sums)))
+        parsed = counts[draws].sum(axis=1)
+        means.append(sums[draws].sum(axis=1)[parsed > 0] / parsed[parsed > 0])
+    low, high = np.percentile(np.concatenate(means), [2.5, 97.5])
     return [100 * float(low), 100 * float(high)]
 
 
