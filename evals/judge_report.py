@@ -16,7 +16,7 @@ from dpo_plugins.atomic import atomic_directory
 from .report import _num, agreement_text, annotator_table, percent, pyplot, save_figure
 
 PLOT = "agreement.png"
-TABLE_COLUMNS = (("annotator", 18), ("Human agreement [95% CI]", 26), ("prefer longer", 13), ("prefer lists", 12),
+TABLE_COLUMNS = (("annotator", 18), ("Human agreement [95% CI]", 28), ("prefer longer", 13), ("prefer lists", 12),
                  ("prefer 1", 8), ("# parsed", 8), ("consistency", 11), ("s/1000", 8), ("$/1000", 8))
 
 
