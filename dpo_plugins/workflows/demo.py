@@ -30,9 +30,11 @@ class DemoSettings:
 
     The last ``heldout_pairs`` of the 399 shipped pairs are held out (never
     trained on), the first ``train_pairs`` train. 36 steps at lr 2e-5 is the
-    one measured setting whose held-out interval clears 50%; it takes the
+    one measured setting whose held-out interval clears 50%; it took the
     demo ~11.5 minutes on a quiet 2-core CPU, over the 10-minute aim
-    (docs/quickstart.md).
+    (docs/quickstart.md), before the eval step also measured the judge on
+    the held-out pairs (200 more judge calls, ~0.84 s of single-core CPU
+    each; the new total is not measured end to end yet).
     """
 
     model: str = "smollm2"
