@@ -33,8 +33,8 @@ class DemoSettings:
     one measured setting whose held-out interval clears 50%; it took the
     demo ~11.5 minutes on a quiet 2-core CPU, over the 10-minute aim
     (docs/quickstart.md), before the eval step also measured the judge on
-    the held-out pairs (200 more judge calls, ~0.84 s of single-core CPU
-    each; the new total is not measured end to end yet).
+    the held-out pairs (200 more judge calls: 179 s user CPU on one thread
+    as `dpo judge-eval`; the new total is not measured end to end yet).
     """
 
     model: str = "smollm2"
