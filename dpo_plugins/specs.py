@@ -198,9 +198,18 @@ class MergeMethod:
 class Judge:
     """A win-rate judge: ``fn(prompts, outputs_a, outputs_b, **params)``.
 
-    Returns one verdict per prompt: ``"a"``, ``"b"`` or ``"tie"``, or the
-    probability in [0, 1] that ``a`` is better. The eval harness handles
-    order swapping, statistics and reports.
+    Returns one answer per prompt: ``"a"``, ``"b"`` or ``"tie"``, or the
+    probability in [0, 1] that ``a`` is better, or ``None`` for a comparison
+    it could not judge (an unreadable reply: counted in ``# parsed`` and in
+    no rate). An answer may also be a mapping ``{"judgment": ...,
+    "prompt_tokens": N, "completion_tokens": M}`` so that ``dpo judge-eval``
+    can price the judge. The eval harness handles order swapping, statistics
+    and reports.
+
+    ``params`` holds the defaults of every parameter the judge accepts;
+    ``--judge-param`` keys outside it are refused. ``cache``: answers are
+    kept on disk keyed by judge, parameters and texts (set it to False for a
+    judge cheaper than a disk read, or one whose answers must not be reused).
     """
 
     kind: ClassVar[str] = "judge"
@@ -209,6 +218,7 @@ class Judge:
     fn: Callable[..., Any]
     params: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    cache: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "params", _freeze(self.params))

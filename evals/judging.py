@@ -151,37 +151,99 @@ def pair_outputs(policy: Sequence[tuple[str, Any, str]], baseline: Sequence[tupl
     return ([indexed[0][k][1] for k in keys], [indexed[0][k][2] for k in keys], [indexed[1][k][2] for k in keys])
 
 
-def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs, params: Mapping[str, Any] | None = None,
-                      references: Sequence[str] | None = None):
-    """``(metrics, per_prompt_rows)`` for the policy against the baseline under one judge."""
+def check_judge_params(judge_name: str, params: Mapping[str, Any] | None = None):
+    """The judge's ``(spec, provider)``; an unknown judge or parameter is an error naming what it accepts.
+
+    Commands call it before any model loads. ``Judge.params`` lists every
+    parameter a judge accepts (with its default).
+    """
     from dpo_plugins.plugins import lookup_registration
 
     registration = lookup_registration("judge", judge_name)
-    judge, provider = registration.spec, registration.provider
+    judge = registration.spec
+    unknown = sorted(set(params or {}) - set(judge.params))
+    if unknown:
+        accepted = ", ".join(sorted(judge.params)) or "none"
+        raise DpoPluginsError(f"judge {judge_name!r} ({registration.provider}) has no parameter "
+                              f"{', '.join(map(repr, unknown))}; it accepts: {accepted}")
+    return judge, registration.provider
+
+
+@dataclass
+class OrderAnswers:
+    """One order's answers, one per comparison: the judgment (``None``: the judge could not judge it), the
+    seconds it took, the tokens the judge reported, and whether it came from the cache."""
+
+    judgments: list
+    seconds: list
+    prompt_tokens: list
+    completion_tokens: list
+    cached: list
+
+
+def judge_orders(judge_name: str, prompts, outputs_a, outputs_b, params: Mapping[str, Any] | None = None,
+                 references: Sequence[str] | None = None, cache: bool = True):
+    """``(settings, provider, (a, b) answers, (b, a) answers)``: the judge on both orders of every comparison.
+
+    The one place judges are called. With ``cache`` (and a judge whose
+    ``Judge.cache`` is true) answers are read from and written to
+    :class:`.judge_cache.JudgeCache`, so only comparisons never judged
+    before reach the judge.
+    """
+    judge, provider = check_judge_params(judge_name, params)
     settings = {**judge.params, **(params or {})}
     if "references" in judge.params and settings.get("references") is None and references is not None:
         settings["references"] = list(references)
-    first = _verdicts(judge, provider, prompts, policy_outputs, baseline_outputs, settings)
-    swapped = _verdicts(judge, provider, prompts, baseline_outputs, policy_outputs, settings)
-    scored = is_probability(first[0]) if first else False
-    if any(is_probability(v) != scored for v in (*first, *swapped)):
+    store = None
+    if cache and judge.cache:
+        from .judge_cache import JudgeCache
+
+        store = JudgeCache()
+    first = _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings, store)
+    swapped = _verdicts(judge, provider, prompts, outputs_b, outputs_a, settings, store)
+    scored = [is_probability(v) for v in (*first.judgments, *swapped.judgments) if v is not None]
+    if scored and any(s != scored[0] for s in scored):
         raise PluginError(f"judge {judge_name!r} from {provider} mixed verdicts and probabilities; return one kind")
-    metrics = win_rate_metrics(first, swapped, [len(o) for o in policy_outputs], [len(o) for o in baseline_outputs])
-    shown = {k: ("<redacted>" if _secret(k) else v) for k, v in settings.items() if k != "references"}
+    return settings, provider, first, swapped
+
+
+def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs, params: Mapping[str, Any] | None = None,
+                      references: Sequence[str] | None = None, cache: bool = True):
+    """``(metrics, per_prompt_rows)`` for the policy against the baseline under one judge.
+
+    A prompt the judge could not judge in either order (``None``) counts in
+    ``n_null`` and in no rate, as AlpacaEval's null preferences.
+    """
+    settings, provider, first_answers, swapped_answers = judge_orders(
+        judge_name, prompts, policy_outputs, baseline_outputs, params, references, cache)
+    first, swapped = first_answers.judgments, swapped_answers.judgments
+    judged = [i for i, (x, y) in enumerate(zip(first, swapped)) if x is not None and y is not None]
+    scored = any(is_probability(first[i]) for i in judged)
+    metrics = win_rate_metrics([first[i] for i in judged], [swapped[i] for i in judged],
+                               [len(policy_outputs[i]) for i in judged], [len(baseline_outputs[i]) for i in judged])
+    metrics["n_null"] = len(prompts) - len(judged)
     metrics["judge"] = judge_name
-    metrics["judge_info"] = {"name": judge_name, "provider": provider, "params": shown,
+    metrics["judge_info"] = {"name": judge_name, "provider": provider, "params": public_params(settings),
                              "orders": "both (policy first, then baseline first); verdicts: a win only when both agree; "
-                                       "probabilities: averaged over the two orders"}
-    outcomes = outcomes_of(first, swapped)
+                                       "probabilities: averaged over the two orders",
+                             "answers_from_cache": sum(first_answers.cached) + sum(swapped_answers.cached)}
+    outcomes = dict(zip(judged, outcomes_of([first[i] for i in judged], [swapped[i] for i in judged])))
+    preferences = dict(zip(judged, combined_preferences([first[i] for i in judged], [swapped[i] for i in judged])))
     rows = []
-    for prompt, p, b, x, y, outcome, preference in zip(prompts, policy_outputs, baseline_outputs, first, swapped,
-                                                       outcomes, combined_preferences(first, swapped)):
-        row = {"prompt": prompt, "policy_output": p, "baseline_output": b, "verdict_policy_first": as_verdict(x),
-               "verdict_baseline_first": as_verdict(y), "outcome": outcome, "preference": preference}
+    for i, (prompt, p, b, x, y) in enumerate(zip(prompts, policy_outputs, baseline_outputs, first, swapped)):
+        row = {"prompt": prompt, "policy_output": p, "baseline_output": b,
+               "verdict_policy_first": None if x is None else as_verdict(x),
+               "verdict_baseline_first": None if y is None else as_verdict(y),
+               "outcome": outcomes.get(i), "preference": preferences.get(i)}
         if scored:
             row.update(p_first_better_policy_first=x, p_first_better_baseline_first=y)
         rows.append(row)
     return metrics, rows
+
+
+def public_params(settings: Mapping[str, Any]) -> dict:
+    """A judge's settings as a report may show them: credentials redacted, per-prompt references left out."""
+    return {k: ("<redacted>" if _secret(k) else v) for k, v in settings.items() if k != "references"}
 
 
 def _secret(name: str) -> bool:
@@ -191,19 +253,69 @@ def _secret(name: str) -> bool:
         "api_key_env", "api_key_header", "max_tokens", "price_per_token")
 
 
-def _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings) -> list:
-    try:
-        verdicts = list(judge.fn(list(prompts), list(outputs_a), list(outputs_b), **settings))
-    except DpoPluginsError:
-        raise
-    except Exception as error:
-        raise PluginError(f"judge {judge.name!r} from {provider} failed: {type(error).__name__}: {error}") from error
-    bad = [v for v in verdicts if not _is_judgment(v)]
-    if len(verdicts) != len(prompts) or bad:
-        raise PluginError(f"judge {judge.name!r} from {provider} returned {len(verdicts)} verdicts for "
-                          f"{len(prompts)} prompts{f', including {bad[:3]}' if bad else ''}; expected 'a', 'b' or "
-                          "'tie', or a probability in [0, 1] that a is better, each")
-    return [v if isinstance(v, str) else float(v) for v in verdicts]
+def _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings, store=None) -> OrderAnswers:
+    """One order's answers: cached ones read, the others from one call of the judge on just those."""
+    import time
+
+    from .judge_cache import answer_key, judge_identity
+
+    n = len(prompts)
+    references = settings.get("references")
+    per_item = isinstance(references, (list, tuple)) and len(references) == n
+    answers: list = [None] * n
+    keys = [None] * n
+    if store is not None:
+        identity = judge_identity(judge.name, provider, settings)
+        for i in range(n):
+            keys[i] = answer_key(identity, prompt_text(prompts[i]), outputs_a[i], outputs_b[i],
+                                 references[i] if per_item else None)
+            answers[i] = store.load(keys[i])
+    missing = [i for i in range(n) if answers[i] is None]
+    cached = [answers[i] is not None for i in range(n)]
+    if missing:
+        call = dict(settings)
+        if per_item:
+            call["references"] = [references[i] for i in missing]
+        started = time.perf_counter()
+        try:
+            returned = list(judge.fn([prompts[i] for i in missing], [outputs_a[i] for i in missing],
+                                     [outputs_b[i] for i in missing], **call))
+        except DpoPluginsError:
+            raise
+        except Exception as error:
+            raise PluginError(f"judge {judge.name!r} from {provider} failed: {type(error).__name__}: {error}") from error
+        seconds = (time.perf_counter() - started) / len(missing)
+        parsed = [_answer(value, seconds) for value in returned]
+        bad = [v for v, a in zip(returned, parsed) if a is False]
+        if len(returned) != len(missing) or bad:
+            raise PluginError(f"judge {judge.name!r} from {provider} returned {len(returned)} verdicts for "
+                              f"{len(missing)} prompts{f', including {bad[:3]}' if bad else ''}; expected 'a', 'b' "
+                              "or 'tie', a probability in [0, 1] that a is better, or None (could not judge), each")
+        for i, answer in zip(missing, parsed):
+            answers[i] = answer
+            if store is not None:
+                store.store(keys[i], answer)
+    return OrderAnswers([a.judgment for a in answers], [a.seconds for a in answers],
+                        [a.prompt_tokens for a in answers], [a.completion_tokens for a in answers], cached)
+
+
+def _answer(value, seconds: float):
+    """A judge's answer for one comparison as a :class:`CachedAnswer`, or ``False`` when it breaks the contract.
+
+    An answer is a judgment (verdict, probability or ``None``) or a mapping
+    ``{"judgment": ..., "prompt_tokens": N, "completion_tokens": M}``.
+    """
+    from .judge_cache import CachedAnswer
+
+    tokens = {}
+    if isinstance(value, Mapping):
+        tokens = {k: value.get(k) for k in ("prompt_tokens", "completion_tokens")}
+        if any(t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0) for t in tokens.values()):
+            return False
+        value = value.get("judgment")
+    if value is not None and not _is_judgment(value):
+        return False
+    return CachedAnswer(value if value is None or isinstance(value, str) else float(value), seconds, **tokens)
 
 
 def _is_judgment(value) -> bool:

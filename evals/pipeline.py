@@ -44,6 +44,9 @@ class EvalRequest:
     max_prompts: int | None = None
     generation: dict = field(default_factory=dict)
     progress: bool = True
+    judge_cache: bool = True
+    judge_check: str | None = None  # human-labelled pairs to measure the judge on (dpo eval --judge-check)
+    judge_check_pairs: tuple | None = None  # their (prompts, chosen, rejected), from judge_agreement.labelled_pairs
 
 
 def run_eval(request: EvalRequest, report_dir) -> dict:
@@ -105,6 +108,8 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     if request.judge:
         win_metrics, generation_rows = _win_rate(request, policy, tokenizer, reference, load_model_and_tokenizer)
         metrics.update(win_metrics)
+        if request.judge_check_pairs is not None and is_main_process():
+            metrics["judge_check"] = _judge_check(request)
     if is_main_process():
         write_report(report_dir, metrics, pair_rows, generation_rows)
     wait_for_everyone()
@@ -221,11 +226,23 @@ def _win_rate(request: EvalRequest, policy, tokenizer, reference, load):
     if not is_main_process():  # generations were shared; one process judges
         return {}, []
     win_metrics, rows = judge_both_orders(request.judge, prompts, policy_outputs, baseline_outputs,
-                                          request.judge_params, [references.get(prompt_key(p)) for p in prompts])
+                                          request.judge_params, [references.get(prompt_key(p)) for p in prompts],
+                                          cache=request.judge_cache)
     win_metrics["baseline"] = request.baseline or request.baseline_outputs
     generated = not (request.policy_outputs and request.baseline_outputs)
     win_metrics["generation"] = settings.as_dict() if generated else None
     return win_metrics, rows
+
+
+def _judge_check(request: EvalRequest) -> dict:
+    """The win-rate's judge (and the floors) measured on human-labelled pairs: see :mod:`.judge_agreement`."""
+    from .judge_agreement import judge_check
+    from .judge_report import summary
+
+    logger.info("judge check: %s on %d human-labelled pairs from %s, both orders", request.judge,
+                len(request.judge_check_pairs[0]), request.judge_check)
+    result = judge_check(request.judge, *request.judge_check_pairs, request.judge_params, cache=request.judge_cache)
+    return dict(summary(result), data=request.judge_check)
 
 
 def _references(rows, prompt_key) -> dict:

@@ -183,6 +183,47 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
                   f"Length control: {metrics.get('lc_win_rate_note')}.", "",
                   f"Judge settings: `{json.dumps(metrics['judge_info']['params'], sort_keys=True)}`; "
                   f"generation: `{json.dumps(metrics.get('generation'), sort_keys=True)}`.", ""]
+    if metrics.get("judge_check"):
+        lines += judge_check_section(metrics["judge_check"])
     for plot in plots:
         lines += [f"![{plot}]({plot})", ""]
     return "\n".join(lines)
+
+
+# -- a judge against human labels (dpo judge-eval, dpo eval --judge-check) --
+
+
+def agreement_text(columns: Mapping[str, Any]) -> str:
+    """``61.5% (95% CI 55.0%-68.0%)`` from one annotator's columns."""
+    value, ci = columns["Human agreement"], columns["Human agreement 95% CI"]
+    if value is None:
+        return "n/a (nothing parsed)"
+    return f"{value:.1f}% (95% CI {ci[0]:.1f}%-{ci[1]:.1f}%)"
+
+
+def annotator_table(result: Mapping[str, Any]) -> list[str]:
+    """Markdown table lines: one row per annotator (the judge, then the floors), AlpacaEval's columns."""
+    judge = result["judge"]
+    header = ["annotator", "Human agreement", "95% CI", "Proba. prefer longer", "Proba. prefer lists",
+              "Proba. prefer 1", "# parsed", "position consistency", "Time [seconds/1000 examples]",
+              "Price [$/1000 examples]", "answers from cache"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in result["annotators"].items():
+        ci = row["Human agreement 95% CI"]
+        lines.append("| " + " | ".join([
+            name if name == judge else f"{name} (floor)", _num(row["Human agreement"], 2),
+            f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "n/a", _num(row["Proba. prefer longer"]),
+            _num(row["Proba. prefer lists"]), _num(row["Proba. prefer 1"]), str(row["# parsed"]),
+            percent(row["position consistency"]), _num(row["Time [seconds/1000 examples]"], 1),
+            _num(row["Price [$/1000 examples]"], 4), str(row["answers from cache"])]) + " |")
+    return lines
+
+
+def judge_check_section(check: Mapping[str, Any]) -> list[str]:
+    """``dpo eval --judge-check``'s part of report.md: how far the win-rate's judge agrees with people."""
+    return ["## Judge check", "",
+            f"The judge `{check['judge']}` on {check['n_pairs']} human-labelled pairs from `{check.get('data')}` "
+            f"(both orders), next to the floors: human agreement "
+            f"**{agreement_text(check['annotators'][check['judge']])}**. A win-rate from a judge that does not beat "
+            "`longest` and `random` here says little about quality. Definitions: docs/evals.md (Choosing a judge).",
+            "", *annotator_table(check), ""]

@@ -200,7 +200,7 @@ def test_the_judge_returns_p_a_better_for_both_orders(chat_server):
     metrics, rows = judge_both_orders("alpaca-eval", INSTRUCTIONS, OUTPUTS_1, OUTPUTS_2, params)
     first = annotate(INSTRUCTIONS, OUTPUTS_1, OUTPUTS_2, params["annotator"], base_url=params["base_url"])
     swapped = annotate(INSTRUCTIONS, OUTPUTS_2, OUTPUTS_1, params["annotator"], base_url=params["base_url"])
-    as_p = lambda r: 0.5 if r["preference"] is None else 2 - r["preference"]  # noqa: E731
+    as_p = lambda r: None if r["preference"] is None else 2 - r["preference"]  # noqa: E731
     assert [r["p_first_better_policy_first"] for r in rows] == [as_p(r) for r in first]
     assert [r["p_first_better_baseline_first"] for r in rows] == [as_p(r) for r in swapped]
     assert rows[5]["preference"] == 1.5 and metrics["judge"] == "alpaca-eval"
@@ -286,10 +286,10 @@ def test_unparsable_and_empty_replies_are_counted_not_raised(chat_server, caplog
     records = annotate(INSTRUCTIONS, OUTPUTS_1, OUTPUTS_2, "chatgpt", base_url=f"{root}/v1")
     missing = sum(r["preference"] is None for r in records)
     assert missing >= 1
-    assert [v for v, r in zip(verdicts, records) if r["preference"] is None] == [0.5] * missing
+    assert [v for v, r in zip(verdicts, records) if r["preference"] is None] == [None] * missing
     lines = [r.getMessage() for r in caplog.records if "could not be parsed" in r.getMessage()]
     assert lines == [f"judge 'alpaca-eval': {missing} of {len(INSTRUCTIONS)} replies could not be parsed by chatgpt's "
-                     "parser (null preference in AlpacaEval's records); each counts as 0.5"]
+                     "parser (null preference in AlpacaEval's records); each is counted as not judged"]
     assert "Traceback" not in caplog.text
 
 
@@ -299,7 +299,7 @@ def test_an_empty_filtered_answer_is_a_counted_miss_not_an_error(chat_server, ca
     with caplog.at_level(logging.WARNING):
         verdicts = alpaca_eval_judge.alpaca_eval_judge(INSTRUCTIONS[:3], OUTPUTS_1[:3], OUTPUTS_2[:3],
                                                         base_url=f"{root}/v1")
-    assert verdicts == [0.5, 0.5, 0.5]
+    assert verdicts == [None, None, None]
     assert "3 of 3 replies could not be parsed by weighted_alpaca_eval_gpt4_turbo's parser" in caplog.text
     server.mode = "filtered-400"  # the prompt of INSTRUCTIONS[3] (a joke) is refused with HTTP 400; the rest answer
     records = annotate(INSTRUCTIONS[2:5], OUTPUTS_1[2:5], OUTPUTS_2[2:5], "weighted_alpaca_eval_gpt4_turbo",

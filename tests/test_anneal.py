@@ -97,6 +97,18 @@ def test_every_problem_in_every_section_is_listed_with_its_line(parents, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unknown_judge_parameter_is_a_config_problem_before_any_merge(parents, tmp_path):
+    config = tmp_path / "anneal.yaml"
+    text = anneal_yaml(parents, tmp_path / "run")
+    config.write_text(text + "  judge: llm-pairwise\n  judge_params:\n    modle: smollm2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_anneal_plan(config)
+    line = len(text.splitlines()) + 3
+    assert caught.value.problems == [f"{config}:{line}: eval.judge_params.modle: judge 'llm-pairwise' has no "
+                                     "parameter 'modle'; it accepts: mode, model, tie_margin"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_merge_and_check_stages_resume_and_keep_the_merge_when_a_check_vetoes(parents, tmp_path, registered, capsys):
     config = tmp_path / "anneal.yaml"
     config.write_text(anneal_yaml(parents, tmp_path / "run"))

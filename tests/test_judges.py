@@ -79,15 +79,30 @@ def judge_server():
 
 def test_openai_compatible_judge_over_real_http(judge_server, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    params = {"base_url": judge_server, "model": "judge-7b", "api_key_env": "JUDGE_KEY", "access_token": "tok-123"}
+    params = {"base_url": judge_server, "model": "judge-7b", "api_key_env": "JUDGE_KEY"}
     metrics, rows = judge_both_orders("openai-compatible", PROMPTS, ["good answer", "meh", "meh"],
-                                      ["meh", "good answer", "meh"], params)
+                                      ["meh", "good answer", "meh"], params, cache=False)
     assert [r["outcome"] for r in rows] == ["win", "loss", "tie"]
-    assert len(ScriptedJudgeServer.requests) == 6  # every prompt in both orders
+    assert len(ScriptedJudgeServer.requests) == 6  # every prompt in both orders (uncached: "meh" vs "meh" twice)
     first = ScriptedJudgeServer.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test"
     assert first["body"]["model"] == "judge-7b" and first["body"]["temperature"] == 0.0
     assert metrics["judge_info"]["params"]["model"] == "judge-7b" and metrics["position_consistency"] == 1.0
+    with pytest.raises(DpoPluginsError, match="judge 'openai-compatible' .*has no parameter 'access_token'; it "
+                                              "accepts: api_key_env, api_key_header, base_url, max_tokens"):
+        judge_both_orders("openai-compatible", PROMPTS, ["x"] * 3, ["y"] * 3, {**params, "access_token": "tok-123"})
+
+
+class TokenJudge:
+    @hookimpl
+    def register_judges(self):
+        yield Judge(name="with-token", fn=lambda prompts, a, b, **params: ["tie"] * len(prompts),
+                    params={"access_token": None}, cache=False)
+
+
+def test_credentials_in_judge_params_are_never_reported(registered):
+    registered(TokenJudge(), "token-judge")
+    metrics, _ = judge_both_orders("with-token", PROMPTS, ["x"] * 3, ["y"] * 3, {"access_token": "tok-123"})
     assert metrics["judge_info"]["params"]["access_token"] == "<redacted>" and "tok-123" not in json.dumps(metrics)
 
 
@@ -102,9 +117,9 @@ def test_openai_compatible_errors_are_clear(judge_server, caplog):
     with caplog.at_level("WARNING", logger="dpo_plugins.judges"):
         metrics, _ = judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})
     assert metrics["ties"] == 1 and "no [[A]]/[[B]]/[[C]] verdict" in caplog.text  # through logging, a warning
-    ScriptedJudgeServer.mode = "error"
+    ScriptedJudgeServer.mode = "error"  # the same texts: without the cache the server is asked again
     with pytest.raises(DpoPluginsError, match="HTTP 500: overloaded"):
-        judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server})
+        judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": judge_server}, cache=False)
     with pytest.raises(DpoPluginsError, match="cannot reach"):
         judge_both_orders("openai-compatible", PROMPTS[:1], ["x"], ["y"], {"base_url": "http://127.0.0.1:9/v1"})
 

@@ -52,5 +52,18 @@ def summary_lines(metrics: dict) -> list[str]:
         f"judged vs base: {win['wins']}W/{win['ties']}T/{win['losses']}L, {win['discrete_win_rate']:.1%} with ties "
         f"half ({win_ci}); mean preference {win['win_rate']:.1%}; judge's first-position preference "
         f"{win['first_position_rate']:.1%} (small self-judge: see the report's caveat)",
+        *judge_check_lines(metrics.get("judge_check")),
         f"total {metrics['total_s']:.0f}s",
     ]
+
+
+def judge_check_lines(check) -> list[str]:
+    """The judge's agreement with the held-out human labels, and the floors', one line."""
+    if not check:
+        return []
+    from dpo_plugins.evals.report import agreement_text
+
+    judge, annotators = check["judge"], check["annotators"]
+    floors = ", ".join(f"{name} {agreement_text(columns)}" for name, columns in annotators.items() if name != judge)
+    return [f"judge {judge} vs the {check['n_pairs']} held-out human labels: human agreement "
+            f"{agreement_text(annotators[judge])}; floors: {floors}"]

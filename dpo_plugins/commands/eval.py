@@ -22,7 +22,6 @@ import sys
 from ..atomic import check_output
 from ..errors import DpoPluginsError
 from ..params import parse_key_values, typed_like
-from ..plugins import get_judge
 from ..workflows.convert import read_trl_rows
 from ..console import show_info_logs
 
@@ -56,6 +55,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--judge", metavar="NAME", help="judge plugin for the win-rate (see `dpo plugins`)")
     parser.add_argument("--judge-param", action="append", default=[], metavar="K=V",
                         help="judge parameter (repeatable); V is parsed as JSON when it can be")
+    parser.add_argument("--judge-check", metavar="PAIRS", help="human-labelled pairs (any format; chosen = the human's "
+                        "preference) to measure the judge on: its agreement, next to the floors, goes with the win-rate")
+    parser.add_argument("--no-judge-cache", action="store_true",
+                        help="call the judge on every comparison instead of reading/writing cached answers")
     parser.add_argument("--baseline", metavar="B", help="baseline model for the win-rate (default: --ref)")
     parser.add_argument("--policy-outputs", metavar="FILE", help="JSONL {prompt, output}: use instead of generating")
     parser.add_argument("--baseline-outputs", metavar="FILE", help="JSONL {prompt, output}: use instead of generating")
@@ -74,12 +77,18 @@ def run(args) -> int:
     from dpo_plugins.formats.rewardbench import subsets_of
 
     show_info_logs("eval")
-    check_output(args.report, folder=True, inputs=[args.data])  # before minutes of scoring, not after
+    check_output(args.report, folder=True, inputs=[p for p in (args.data, args.judge_check) if p])  # before minutes of scoring
     if args.ref is None and (base := adapter_base(args.model)) is not None:
         args.ref = base
         _log.info("%s is a PEFT adapter; its base model %s is the reference", args.model, base)
-    if args.judge is None and (args.baseline or args.policy_outputs or args.baseline_outputs):
-        raise DpoPluginsError("--baseline, --policy-outputs and --baseline-outputs need --judge")
+    if args.judge is None and (args.baseline or args.policy_outputs or args.baseline_outputs or args.judge_check):
+        raise DpoPluginsError("--baseline, --policy-outputs, --baseline-outputs and --judge-check need --judge")
+    judge_params = typed_judge_params(args.judge, args.judge_param)  # before any model loads
+    judge_check_pairs = None
+    if args.judge_check:
+        from dpo_plugins.evals.judge_agreement import labelled_pairs
+
+        judge_check_pairs = labelled_pairs(read_trl_rows(args.judge_check), args.judge_check)
     request = EvalRequest(
         model=args.model, ref=args.ref, rows=read_trl_rows(args.data, args.from_format), data=args.data,
         reward_mode=args.reward_mode or ("dpo" if args.ref else "ref-free-sum"),
@@ -87,7 +96,8 @@ def run(args) -> int:
         truncation_mode=args.truncation_mode, tokenization=args.tokenization, subsets=subsets_of(args.data),
         batch_size=args.batch_size, forward=args.forward,
         ref_cache=not args.no_ref_cache, judge=args.judge,
-        judge_params=_judge_params(args.judge, args.judge_param), baseline=args.baseline or args.ref,
+        judge_params=judge_params, judge_cache=not args.no_judge_cache, judge_check=args.judge_check,
+        judge_check_pairs=judge_check_pairs, baseline=args.baseline or args.ref,
         policy_outputs=args.policy_outputs, baseline_outputs=args.baseline_outputs, max_prompts=args.max_prompts,
         generation={"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,
                     "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed},
@@ -101,18 +111,24 @@ def run(args) -> int:
     summary = {k: metrics.get(k) for k in ("n_pairs", "reward_accuracy", "reward_ties", "mean_margin", "tokenization",
                                          "subsets", "win_rate", "standard_error", "win_rate_ci", "lc_win_rate",
                                          "lc_method") if k in metrics}
+    if "judge_check" in metrics:
+        summary["judge_human_agreement"] = {name: {k: columns[k] for k in ("Human agreement", "Human agreement 95% CI")}
+                                            for name, columns in metrics["judge_check"]["annotators"].items()}
     print(json.dumps(summary))
     print(f"report written to {args.report}", file=sys.stderr)
     return 0
 
 
-def _judge_params(judge: str | None, items) -> dict:
-    """``--judge-param`` values typed like the judge's declared defaults (as ``--loss-param`` values are)."""
+def typed_judge_params(judge: str | None, items) -> dict:
+    """``--judge-param`` values, checked against the judge's declared parameters (an unknown key is an error
+    naming the ones it accepts) and typed like their defaults, as ``--loss-param`` values are."""
     given = parse_key_values(items, "--judge-param")
     if not judge:
         return given
-    declared = get_judge(judge).params
+    from dpo_plugins.evals.judging import check_judge_params
+
+    spec, _ = check_judge_params(judge, given)
     try:
-        return {key: typed_like(declared.get(key), value) for key, value in given.items()}
+        return {key: typed_like(spec.params[key], value) for key, value in given.items()}
     except ValueError as error:
         raise DpoPluginsError(f"--judge-param of {judge}: {error}") from None

@@ -16,9 +16,9 @@ bias from the harness's statistics), and nothing is cached here (the harness cac
 answers; AlpacaEval's ``caching_path`` is off).
 
 Per prompt the judge returns ``P(a better) = 2 - preference``. An unparsable reply has no
-preference: it is counted and reported in one warning line, and returned as 0.5 (the harness's
-judge contract has no "missing" value yet), while ``annotations`` records it as null exactly as
-AlpacaEval does.
+preference: it is reported in one warning line and returned as ``None`` (the judge contract's
+"could not judge": counted in ``# parsed`` / ``n_null``, in no rate), while ``annotations`` records it
+as null exactly as AlpacaEval does.
 
 AlpacaEval is an optional dependency (``pip install 'dpo-plugins[alpaca-eval]'``): it pins
 ``setuptools<81`` and pulls the ``openai`` SDK, pandas and tiktoken, which nothing else needs.
@@ -72,8 +72,8 @@ def alpaca_eval_judge(prompts, outputs_a, outputs_b, **params):
     missing = sum(r["preference"] is None for r in records)
     if missing:
         logger.warning("%s: %d of %d replies could not be parsed by %s's parser (null preference in AlpacaEval's "
-                       "records); each counts as 0.5", WHO, missing, len(records), settings["annotator"])
-    return [0.5 if r["preference"] is None else 2.0 - float(r["preference"]) for r in records]
+                       "records); each is counted as not judged", WHO, missing, len(records), settings["annotator"])
+    return [None if r["preference"] is None else 2.0 - float(r["preference"]) for r in records]
 
 
 def annotate(prompts, outputs_a, outputs_b, annotator, base_url=None, local_model=None, model=None,

@@ -22,11 +22,15 @@ probabilities are averaged over the two orders (see ``evals.stats``).
   ``[[C]]`` (tie) to ``API_TEMPLATE``, MT-Bench's convention.
 - ``exact-match`` / ``regex``: rule judges for verifiable tasks; an output
   is right or wrong, and a right one beats a wrong one.
+- ``longest`` / ``random``: floors, as on AlpacaEval's evaluator
+  leaderboard. A judge worth using agrees with people more often than they
+  do (``dpo judge-eval`` shows them next to every judge).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -242,6 +246,32 @@ def regex(prompts, outputs_a, outputs_b, pattern=None, references=None, **params
     return _rule_verdicts([right(o, r) for o, r in zip(outputs_a, refs)], [right(o, r) for o, r in zip(outputs_b, refs)])
 
 
+def longest(prompts, outputs_a, outputs_b, **params):
+    """AlpacaEval's ``longest`` annotator: ``a`` when it has more characters than ``b``, otherwise ``b``.
+
+    Its rule exactly (``alpaca_eval.analyze._get_longest_predictor``: output_1
+    only when strictly longer), so two answers of equal length go to the one
+    shown second; judged in both orders such a pair becomes a tie.
+    """
+    return ["a" if len(a) > len(b) else "b" for a, b in zip(outputs_a, outputs_b)]
+
+
+def random_judge(prompts, outputs_a, outputs_b, seed=0, **params):
+    """A fair coin per comparison, seeded: the same texts and seed always get the same verdict.
+
+    The coin is a bit of SHA-256 over (seed, prompt, a, b), so a verdict
+    depends on nothing else (not the order of the pairs, not the batch).
+    """
+    verdicts = []
+    for prompt, a, b in zip(prompts, outputs_a, outputs_b):
+        digest = hashlib.sha256(json.dumps([seed, prompt_text(prompt), a, b], ensure_ascii=False).encode()).digest()
+        verdicts.append("a" if digest[0] & 1 else "b")
+    return verdicts
+
+
+FLOOR_JUDGES = ("longest", "random")
+
+
 @hookimpl
 def register_judges():
     yield Judge(name="llm-pairwise", fn=llm_pairwise, params={"model": "smollm2", "mode": "logprob", "tie_margin": 0.0},
@@ -252,7 +282,11 @@ def register_judges():
                 params={"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY",
                         "api_key_header": "Authorization", "temperature": 0.0, "max_tokens": 256, "timeout": 60.0},
                 description="HTTP chat-completions judge answering [[A]]/[[B]]/[[C]] (MT-Bench style)")
-    yield Judge(name="exact-match", fn=exact_match, params={"references": None, "normalise": True},
+    yield Judge(name="exact-match", fn=exact_match, params={"references": None, "normalise": True}, cache=False,
                 description="right = equals the reference answer")
-    yield Judge(name="regex", fn=regex, params={"pattern": None, "references": None},
+    yield Judge(name="regex", fn=regex, params={"pattern": None, "references": None}, cache=False,
                 description="right = the pattern matches (group 1 equals the reference, if given)")
+    yield Judge(name="longest", fn=longest, cache=False,
+                description="floor: the longer output (AlpacaEval's `longest`; equal lengths: the second shown)")
+    yield Judge(name="random", fn=random_judge, params={"seed": 0}, cache=False,
+                description="floor: a fair coin per comparison, seeded by --judge-param seed=N")

@@ -137,6 +137,16 @@ class _AnnealChecker(ConfigChecker):
             if judge not in judges:
                 hint = did_you_mean(str(judge), judges)
                 self.problem(("eval", "judge"), f"unknown judge {judge!r}{hint} (available: {', '.join(judges) or 'none'})")
+                return
+            params = evaluation.get("judge_params") or {}
+            if not isinstance(params, dict):
+                self.problem(("eval", "judge_params"), "judge_params must be a mapping")
+                return
+            accepted = get_judges()[judge].params
+            for key in params:
+                if key not in accepted:
+                    self.problem(("eval", "judge_params", key), f"judge {judge!r} has no parameter {key!r}; it "
+                                 f"accepts: {', '.join(sorted(accepted)) or 'none'}")
 
     def section(self, data: dict, name: str) -> dict:
         value = data.get(name)

@@ -75,6 +75,7 @@ def summarise(output_dir: Path, settings, timings) -> dict:
                               "implicit_after": _with_interval(after)},
         },
         "win_rate": {key: after.get(key) for key in win_keys},
+        "judge_check": after.get("judge_check"),
         "timings_s": {title: round(seconds, 1) for title, seconds in timings},
         "total_s": round(sum(seconds for _, seconds in timings), 1),
     }
@@ -141,6 +142,15 @@ INTERVAL_MEANING = (
 )
 
 
+def _judge_check(check) -> str:
+    """How far the demo's judge agrees with the held-out pairs' human labels, next to the floors."""
+    if not check:
+        return ""
+    from dpo_plugins.evals.report import judge_check_section
+
+    return "\n".join(judge_check_section(check))
+
+
 def render(metrics: dict) -> str:
     s, t, h, w = metrics["settings"], metrics["training"], metrics["heldout"], metrics["win_rate"]
     ci = w["win_rate_ci"]
@@ -198,6 +208,8 @@ first {percent(position)} preference on average (50% = none), and its verdict su
 {JUDGE_CAVEAT}
 
 ![win rate](win_rate.png)
+
+{_judge_check(metrics.get("judge_check"))}
 
 ## Steps
 
