@@ -68,17 +68,11 @@ def generate(model, tokenizer, prompts: Sequence[Any], settings: GenerationSetti
     from dpo_plugins.adapters.distributed import is_main_process, local_share, map_shared
 
     device = next(model.parameters()).device
-    sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample \
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    sampling = sampling_kwargs(settings)
     bar = tqdm(total=local_share(len(prompts)), desc=desc, disable=not progress or not is_main_process(), unit="prompt")
 
     def complete(index):
-        prompt = prompts[index]
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt)["input_ids"]
-        else:
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                return_dict=True)["input_ids"]
+        ids = prompt_ids(tokenizer, prompts[index])
         torch.manual_seed(settings.seed + index)
         with torch.no_grad():
             generated = model.generate(input_ids=torch.tensor([ids], device=device),
@@ -91,6 +85,21 @@ def generate(model, tokenizer, prompts: Sequence[Any], settings: GenerationSetti
     outputs = map_shared(range(len(prompts)), complete)  # split under accelerate launch
     bar.close()
     return outputs
+
+
+def sampling_kwargs(settings: GenerationSettings) -> dict:
+    """``generate``'s decoding arguments for ``settings``: sampling, or plain greedy."""
+    if settings.do_sample:
+        return {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def prompt_ids(tokenizer, prompt: Any) -> list[int]:
+    """The token ids a model continues from: a string as is, chat messages through the template."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
 
 
 def read_outputs(path) -> list[tuple[str, Any, str]]:
@@ -154,24 +163,13 @@ def pair_outputs(policy: Sequence[tuple[str, Any, str]], baseline: Sequence[tupl
 def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs, params: Mapping[str, Any] | None = None,
                       references: Sequence[str] | None = None):
     """``(metrics, per_prompt_rows)`` for the policy against the baseline under one judge."""
-    from dpo_plugins.plugins import lookup_registration
-
-    registration = lookup_registration("judge", judge_name)
-    judge, provider = registration.spec, registration.provider
-    settings = {**judge.params, **(params or {})}
-    if "references" in judge.params and settings.get("references") is None and references is not None:
-        settings["references"] = list(references)
-    first = _verdicts(judge, provider, prompts, policy_outputs, baseline_outputs, settings)
-    swapped = _verdicts(judge, provider, prompts, baseline_outputs, policy_outputs, settings)
+    first, swapped, info = judge_in_both_orders(judge_name, prompts, policy_outputs, baseline_outputs, params,
+                                                references)
     scored = is_probability(first[0]) if first else False
-    if any(is_probability(v) != scored for v in (*first, *swapped)):
-        raise PluginError(f"judge {judge_name!r} from {provider} mixed verdicts and probabilities; return one kind")
     metrics = win_rate_metrics(first, swapped, [len(o) for o in policy_outputs], [len(o) for o in baseline_outputs])
-    shown = {k: ("<redacted>" if _secret(k) else v) for k, v in settings.items() if k != "references"}
     metrics["judge"] = judge_name
-    metrics["judge_info"] = {"name": judge_name, "provider": provider, "params": shown,
-                             "orders": "both (policy first, then baseline first); verdicts: a win only when both agree; "
-                                       "probabilities: averaged over the two orders"}
+    metrics["judge_info"] = {**info, "orders": "both (policy first, then baseline first); verdicts: a win only when "
+                                               "both agree; probabilities: averaged over the two orders"}
     outcomes = outcomes_of(first, swapped)
     rows = []
     for prompt, p, b, x, y, outcome, preference in zip(prompts, policy_outputs, baseline_outputs, first, swapped,
@@ -182,6 +180,29 @@ def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs
             row.update(p_first_better_policy_first=x, p_first_better_baseline_first=y)
         rows.append(row)
     return metrics, rows
+
+
+def judge_in_both_orders(judge_name: str, prompts, outputs_a, outputs_b, params: Mapping[str, Any] | None = None,
+                         references: Sequence[str] | None = None):
+    """``(first, swapped, judge_info)``: the judge's answers for (a, b), then for (b, a).
+
+    ``judge_info`` names the judge, its provider and its settings (secrets
+    redacted), for whatever records the answers.
+    """
+    from dpo_plugins.plugins import lookup_registration
+
+    registration = lookup_registration("judge", judge_name)
+    judge, provider = registration.spec, registration.provider
+    settings = {**judge.params, **(params or {})}
+    if "references" in judge.params and settings.get("references") is None and references is not None:
+        settings["references"] = list(references)
+    first = _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings)
+    swapped = _verdicts(judge, provider, prompts, outputs_b, outputs_a, settings)
+    scored = is_probability(first[0]) if first else False
+    if any(is_probability(v) != scored for v in (*first, *swapped)):
+        raise PluginError(f"judge {judge_name!r} from {provider} mixed verdicts and probabilities; return one kind")
+    shown = {k: ("<redacted>" if _secret(k) else v) for k, v in settings.items() if k != "references"}
+    return first, swapped, {"name": judge_name, "provider": provider, "params": shown}
 
 
 def _secret(name: str) -> bool:
