@@ -265,7 +265,7 @@ def read_prompts(path, max_prompts: Optional[int]) -> list:
 
     items = list(read_rows(path))
     rows = [row for _, row in items if isinstance(row, dict)]
-    if rows and all(not ({"chosen", "rejected", "messages", "preferred_output"} & set(row)) for row in rows):
+    if all(not ({"chosen", "rejected", "messages", "preferred_output"} & set(row)) for row in rows):
         problems = [f"{path}:{line}: {item.message}" for line, item in items if isinstance(item, Problem)]
         problems += [f"{path}:{line}: $.prompt: missing, or not a string or a list of messages"
                      for line, row in items if isinstance(row, dict) and not _is_prompt(row.get("prompt"))]
