@@ -195,15 +195,8 @@ class MergeMethod:
 
 
 @dataclass(frozen=True)
-class Judge:
-    """A win-rate judge: ``fn(prompts, outputs_a, outputs_b, **params)``.
-
-    Returns one verdict per prompt: ``"a"``, ``"b"`` or ``"tie"``, or the
-    probability in [0, 1] that ``a`` is better. The eval harness handles
-    order swapping, statistics and reports.
-    """
-
-    kind: ClassVar[str] = "judge"
+class _NamedFunction:
+    """A plugin's function under a name, with its default parameters (read-only)."""
 
     name: str
     fn: Callable[..., Any]
@@ -215,7 +208,19 @@ class Judge:
 
 
 @dataclass(frozen=True)
-class PairBuilder:
+class Judge(_NamedFunction):
+    """A win-rate judge: ``fn(prompts, outputs_a, outputs_b, **params)``.
+
+    Returns one verdict per prompt: ``"a"``, ``"b"`` or ``"tie"``, or the
+    probability in [0, 1] that ``a`` is better. The eval harness handles
+    order swapping, statistics and reports.
+    """
+
+    kind: ClassVar[str] = "judge"
+
+
+@dataclass(frozen=True)
+class PairBuilder(_NamedFunction):
     """A rule that turns the scores of one prompt's K samples into preference pairs.
 
     ``fn(scores, **params)`` gets the judge's scores of one prompt's samples
@@ -227,14 +232,6 @@ class PairBuilder:
     """
 
     kind: ClassVar[str] = "pair_builder"
-
-    name: str
-    fn: Callable[..., Any]
-    params: Mapping[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-    def __post_init__(self):
-        object.__setattr__(self, "params", _freeze(self.params))
 
 
 @dataclass(frozen=True)
