@@ -86,3 +86,11 @@ def test_demo_sweep_scores_each_checkpoint_on_the_held_out_pairs(tmp_path, tiny_
         assert row["wilson_95"] == wilson_interval(correct, own["n_pairs"] - correct, 0)
         assert row["judge"]["wins"] + row["judge"]["ties"] + row["judge"]["losses"] == 2
         assert row["judge"]["first_position_rate"] == own["first_position_rate"]
+
+
+def test_iterate_generation_benchmark_makes_as_many_samples_both_ways(run_benchmark, tiny_model_dir):
+    result = run_benchmark("benchmarks.iterate_generation", "--model", tiny_model_dir, "--prompts", 3, "--k", 2,
+                           "--max-new-tokens", 4, "--batch-size", 2)
+    for side in ("plain", "batched"):
+        assert 6 <= result[side]["tokens"] <= 3 * 2 * 4  # at least one token per sample, at most the cap
+    assert result["ratio_tokens_per_s"] > 0

@@ -130,7 +130,7 @@ def test_round_robin_and_anchor_scores_from_a_rule_judge(registered):
 
 def test_batched_sampling_is_reproducible_for_a_fixed_seed(tokenizer):
     from dpo_plugins.evals.sampling import sample_batch
-    from dpo_plugins.evals.winrate import GenerationSettings
+    from dpo_plugins.evals.judging import GenerationSettings
 
     model = build_tiny_model(tokenizer).eval()
     prompts = ["Hello there", [{"role": "user", "content": "What is two plus two?"}]]
