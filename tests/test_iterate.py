@@ -213,7 +213,12 @@ def test_rounds_train_exactly_as_dpo_train_and_a_full_disk_keeps_finished_rounds
     meta = rows[0]["dpo_metadata"]
     assert meta["judge"]["name"] == "dice" and meta["judge"]["reference"] == str(tiny_pair / "policy")
     assert meta["pair_builder"]["name"] == "best-vs-worst" and meta["chosen_score"] > meta["rejected_score"]
-    assert (out / "round-2" / "pairs.azure.jsonl").read_text().count("\n") == len(rows)
+    from dpo_plugins import get_format
+
+    hosted = [get_format("azure").to_record(json.loads(line))
+              for line in (out / "round-2" / "pairs.azure.jsonl").read_text().splitlines()]
+    assert [(r.prompt, r.chosen, r.rejected, r.metadata) for r in hosted] == [
+        (r.prompt, r.chosen, r.rejected, {}) for r in map(get_format("hf").to_record, rows)]
     summary = json.loads((out / "metrics.json").read_text())["rounds"]
     assert [r["round"] for r in summary] == [1, 2] and summary[1]["eval"]["n_pairs"] == 4
     assert "held-out reward accuracy" in (out / "report.md").read_text() and (out / "rounds.png").is_file()

@@ -525,12 +525,7 @@ class Round:
                                   f"{options.pair_builder!r} ({json.dumps(params)}), none left to train on")
         _write_rows(self.dir / "pairs.jsonl", rows)
         if options.azure:
-            from dpo_plugins.workflows.convert import convert
-
-            report = convert(self.dir / "pairs.jsonl", self.dir / "pairs.azure.jsonl", from_format="hf",
-                             to_format="azure")
-            if report.errors:
-                raise DpoPluginsError(report.error_message())
+            _write_rows(self.dir / "pairs.azure.jsonl", (_hosted_row(row) for row in rows))
         return {"pair_builder": builder, "built": built, "dropped": dropped,
                 "prompts_without_pair": sum(1 for p in range(len(prompts)) if not any(
                     r["dpo_metadata"]["prompt_index"] == p for r in rows))}
@@ -597,6 +592,16 @@ def build_pairs(name: str, scores, params: Optional[Mapping[str, Any]] = None) -
                           "(chosen, rejected) indices of the scores with the chosen one scored higher, and the "
                           "dropped count an integer >= 0")
     return pairs, dropped
+
+
+def _hosted_row(row: dict) -> dict:
+    """An HF pair as the ``azure`` format writes it, without the metadata a hosted job may reject
+    (line N of ``pairs.azure.jsonl`` is line N of ``pairs.jsonl``, which keeps it)."""
+    from dpo_plugins.plugins import get_format
+
+    record = get_format("hf").to_record(row)
+    record.metadata = {}
+    return get_format("azure").from_record(record)
 
 
 def _write_rows(path: Path, rows) -> None:
