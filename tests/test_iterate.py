@@ -198,9 +198,9 @@ def test_rounds_train_exactly_as_dpo_train_and_a_full_disk_keeps_finished_rounds
 
     monkeypatch.setattr(workflow, "_write_rows", disk_fills_in_round_2)
     assert main(argv) == 1
-    error = _error(capsys)
-    assert error[0] == f"dpo iterate: error: round 2, judge: {out}/round-2/scores.jsonl: No space left on device"
-    assert "rounds 1-1 and the finished phases of round 2 are kept" in error[1] and len(error) == 2
+    assert _error(capsys) == [f"dpo iterate: error: round 2, judge: {out}/round-2/scores.jsonl: No space left on "
+                              f"device (rounds 1-1 and round 2's finished phases are kept in {out}; the same command "
+                              "resumes)"]
     assert (out / "round-1" / "round.json").is_file() and (out / "round-2" / "generate.json").is_file()
     assert not (out / "round-2" / "judge.json").exists() and (out / "report.md").is_file()
     samples = (out / "round-2" / "samples.jsonl").stat().st_mtime_ns
@@ -261,7 +261,7 @@ def test_a_judge_that_fails_on_one_prompt_and_every_pair_a_tie(tiny_pair, tmp_pa
     LongerWins.calls.clear()
     LongerWins.failing = True
     assert main(argv) == 1
-    error = "\n".join(_error(capsys))
+    (error,) = _error(capsys)
     assert "round 1, judge: prompt 3 of" in error and "the judge's server hung up" in error
     assert len(list((out / "round-1" / "judge-cache").iterdir())) == 2 and (out / "round-1" / "samples.jsonl").is_file()
 
@@ -274,7 +274,7 @@ def test_a_judge_that_fails_on_one_prompt_and_every_pair_a_tie(tiny_pair, tmp_pa
     argv[argv.index("--judge") + 1] = "always-tie"
     argv[argv.index("--output") + 1] = str(tie)
     assert main(argv) == 1
-    error = "\n".join(_error(capsys))
+    (error,) = _error(capsys)
     assert "round 1, pairs: every candidate pair was a tie: 3 dropped by pair builder 'best-vs-worst'" in error
     assert (tie / "round-1" / "scores.jsonl").is_file()
 

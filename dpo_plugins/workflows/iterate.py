@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Optional
 from dpo_plugins.atomic import check_output, claim_folder, mark, write_text
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
 from dpo_plugins.workflows.config import load_yaml
+from dpo_plugins.workflows.iterate_report import write_report
 from dpo_plugins.workflows.train import OPTION_FIELDS as TRAIN_FIELDS
 
 logger = logging.getLogger("dpo_plugins.iterate")
@@ -87,6 +88,9 @@ class IterateOptions:
     azure: bool = field(default=False, metadata={"help": "also write each round's pairs as Azure OpenAI JSONL"})
     winrate_prompts: int = field(default=0, metadata={"help": "with a judge plugin and --eval-data: judge this many "
                                                               "held-out prompts, round policy vs the initial model"})
+    eval_ref: Optional[str] = field(default=None, metadata={
+        "help": "reference of the held-out reward accuracy, the same in every round so rounds compare "
+                "(default: each round's training reference)"})
     eval_batch_size: int = field(default=8, metadata={"help": "pairs per forward when scoring"})
 
 
@@ -230,6 +234,8 @@ def _check_options(options: IterateOptions) -> list[str]:
             if key not in declared:
                 problems.append(f"pair_param {key}: pair builder {options.pair_builder!r} has no such parameter "
                                 f"(it has: {', '.join(declared) or 'none'})")
+    if options.eval_ref and not options.eval_data:
+        problems.append("eval_ref: needs --eval-data (the held-out pairs it scores)")
     if options.winrate_prompts and not options.eval_data:
         problems.append("winrate_prompts: needs --eval-data (its prompts are the held-out ones)")
     return problems
@@ -312,7 +318,8 @@ def iterate(settings: IterateSettings) -> Path:
 
     options = settings.options
     out = Path(options.output)
-    inputs = [p for p in (options.prompts, options.eval_data, settings.config, options.model, options.dice_ref)
+    inputs = [p for p in (options.prompts, options.eval_data, settings.config, options.model, options.dice_ref,
+                          options.eval_ref)
               if p and Path(p).exists()]
     check_output(out, folder=True, inputs=inputs)
     record = out / "run.json"
@@ -331,8 +338,6 @@ def iterate(settings: IterateSettings) -> Path:
         summary = Round(settings, out, number, policy, initial, summaries).run()
         summaries.append(summary)
         policy = Path(summary["model"])
-        from dpo_plugins.workflows.iterate_report import write_report
-
         write_report(out, summaries, settings)
     return out
 
@@ -374,11 +379,12 @@ class Round:
         return summary
 
     def _stopped(self, phase: str, error: BaseException) -> str:
+        """One line: where the run stopped, why, and that what finished is kept."""
         what = f"{error.filename}: {error.strerror or error}" if isinstance(error, OSError) and error.filename \
             else (error.strerror if isinstance(error, OSError) and error.strerror else str(error))
         kept = f"rounds 1-{self.number - 1} and " if self.number > 1 else ""
-        return (f"round {self.number}, {phase}: {what}\n{kept}the finished phases of round {self.number} are kept "
-                f"in {self.out}; run the same command again to resume")
+        return (f"round {self.number}, {phase}: {' '.join(what.split())} ({kept}round {self.number}'s finished "
+                f"phases are kept in {self.out}; the same command resumes)")
 
     # -- models, loaded once per round
 
@@ -487,8 +493,8 @@ class Round:
                     found, judge_info = judge_scores(options.judge, options.judge_mode, prompt, group,
                                                      options.judge_param)
                 except DpoPluginsError as error:
-                    raise DpoPluginsError(f"prompt {p + 1} of {options.prompts}: {error} (the {p} prompts judged "
-                                          f"before it are kept in {cache})") from error
+                    raise DpoPluginsError(f"prompt {p + 1} of {options.prompts}: {error}; the {p} judged before "
+                                          "it are not judged again") from error
                 stored = {"scores": found, "judge": {**judge_info, "mode": options.judge_mode}}
                 write_text(entry, json.dumps(stored, allow_nan=False) + "\n")
             scores.append(stored["scores"])
@@ -559,14 +565,15 @@ class Round:
         options = self.options
         judged = options.judge != DICE and options.winrate_prompts > 0
         request = EvalRequest(
-            model=records["train"]["model"], ref=records["train"]["reference"], rows=list(self.settings.eval_rows),
+            model=records["train"]["model"], ref=options.eval_ref or records["train"]["reference"],
+            rows=list(self.settings.eval_rows),
             data=options.eval_data, reward_mode="dpo", batch_size=options.eval_batch_size, progress=False,
             judge=options.judge if judged else None, judge_params=dict(options.judge_param),
             baseline=str(self.initial) if judged else None, max_prompts=options.winrate_prompts or None,
             generation={"max_new_tokens": options.max_new_tokens, "do_sample": False})
         metrics = run_eval(request, self.dir / "eval")
         correct = round(metrics["reward_accuracy"] * metrics["n_pairs"]) if metrics["n_pairs"] else 0
-        return {"reward_accuracy": metrics["reward_accuracy"], "n_pairs": metrics["n_pairs"],
+        return {"reward_accuracy": metrics["reward_accuracy"], "n_pairs": metrics["n_pairs"], "ref": request.ref,
                 "reward_accuracy_ci": wilson_interval(correct, metrics["n_pairs"] - correct, 0),
                 "win_rate": metrics.get("win_rate"), "win_rate_ci": metrics.get("win_rate_ci"),
                 "report": str(self.dir / "eval")}

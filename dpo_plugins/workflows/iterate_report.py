@@ -48,7 +48,9 @@ def render_markdown(rounds: Sequence[dict], settings) -> str:
         f"{len(rounds)} round(s) of {len(settings.prompts)} prompts x K = {options.samples_per_prompt} samples "
         f"(temperature {options.temperature}, top-p {options.top_p}, at most {options.max_new_tokens} new tokens, "
         f"seed {options.seed}), judged by {judge}, paired by `{options.pair_builder}`, reference: "
-        f"{options.reference}. Initial model: `{options.model}`.", "",
+        f"{options.reference}. Initial model: `{options.model}`. Held-out reward accuracy: the implicit reward "
+        f"against {f'`{options.eval_ref}`' if options.eval_ref else 'each round’s training reference'}"
+        f"{f' on `{options.eval_data}`' if options.eval_data else ' (no --eval-data: not measured)'}.", "",
         "## Time per phase (seconds)", "",
         "| round | generation | judging | pairs | training | evaluation | tokens/s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
