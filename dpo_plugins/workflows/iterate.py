@@ -108,6 +108,7 @@ class IterateSettings:
     eval_rows: Optional[list]
     beta: float
     config: Optional[str] = None
+    max_length: Optional[int] = None  # the training's, so the held-out pairs are truncated as training truncates
 
     def fingerprint(self) -> dict:
         """What must not change when a run resumes (everything but the number of rounds and the output)."""
@@ -170,6 +171,7 @@ def build_settings(args, extra: list[str]) -> IterateSettings:
 
     select_losses(probe.dpo, probe.options.loss_param, False)  # unknown losses and parameters, before any model
     settings.beta = float(probe.dpo.beta)
+    settings.max_length = probe.dpo.max_length
     return settings
 
 
@@ -568,6 +570,7 @@ class Round:
             model=records["train"]["model"], ref=options.eval_ref or records["train"]["reference"],
             rows=list(self.settings.eval_rows),
             data=options.eval_data, reward_mode="dpo", batch_size=options.eval_batch_size, progress=False,
+            max_length=self.settings.max_length,
             judge=options.judge if judged else None, judge_params=dict(options.judge_param),
             baseline=str(self.initial) if judged else None, max_prompts=options.winrate_prompts or None,
             generation={"max_new_tokens": options.max_new_tokens, "do_sample": False})
