@@ -256,7 +256,8 @@ def test_a_judge_that_fails_on_one_prompt_and_every_pair_a_tie(tiny_pair, tmp_pa
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("one", "two", "boom three")))
     out = tmp_path / "run"
-    argv = [str(a) for a in _iterate(tiny_pair, out, "--judge", "longer-wins", rounds=1)]
+    argv = [str(a) for a in _iterate(tiny_pair, out, "--judge", "longer-wins", "--eval-data",
+                                     tiny_pair / "heldout.jsonl", "--winrate-prompts", 2, rounds=1)]
     argv[argv.index("--prompts") + 1] = str(prompts)
     LongerWins.calls.clear()
     LongerWins.failing = True
@@ -267,8 +268,11 @@ def test_a_judge_that_fails_on_one_prompt_and_every_pair_a_tie(tiny_pair, tmp_pa
 
     LongerWins.calls.clear()
     LongerWins.failing = False
-    main(argv)  # resumes: only the third prompt is judged again
-    assert set(LongerWins.calls) == {"boom three"}
+    assert main(argv) == 0  # resumes: only the third prompt is judged again, then the held-out win-rate
+    assert "boom three" in LongerWins.calls and not {"one", "two"} & set(LongerWins.calls)
+    evaluated = json.loads((out / "round-1" / "eval.json").read_text())
+    assert evaluated["win_rate"] is not None and evaluated["n_pairs"] == 4
+    assert json.loads((out / "round-1" / "eval" / "metrics.json").read_text())["judge"] == "longer-wins"
 
     tie = tmp_path / "tie"
     argv[argv.index("--judge") + 1] = "always-tie"
