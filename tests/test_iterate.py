@@ -237,6 +237,8 @@ def test_rounds_train_exactly_as_dpo_train_and_a_full_disk_keeps_finished_rounds
     (None, ["--samples-per-prompt", "1"], "samples_per_prompt: expected an integer >= 2, got 1"),
     (None, ["--judge", "dice"], "judge dice: give --dice-ref"),
     (None, ["--pair-builder", "nope"], "unknown pair builder 'nope'"),
+    (None, ["--pair-param", "margin=wide"], "pair_param margin: expected a float, got 'wide'"),
+    (None, ["--pair-param", "width=1"], "pair_param width: pair builder 'best-vs-worst' has no such parameter"),
     (None, ["--loss", "nope"], "nope"),
     (None, ["--lora"], "--lora: not supported by dpo iterate"),
     (None, ["--output-dir", "x"], "--output-dir: set by dpo iterate in every round"),

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from dpo_plugins.atomic import check_output, claim_folder, mark, write_text
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
+from dpo_plugins.params import parse_key_values, typed_like
 from dpo_plugins.workflows.config import load_yaml
 from dpo_plugins.workflows.iterate_report import write_report
 from dpo_plugins.workflows.train import OPTION_FIELDS as TRAIN_FIELDS
@@ -142,7 +143,8 @@ def build_settings(args, extra: list[str]) -> IterateSettings:
         given = getattr(args, name, None)
         if given is None:
             continue
-        values[name] = _parse_params(given, name) if OPTION_FIELDS[name].metadata.get("repeat") else given
+        repeated = OPTION_FIELDS[name].metadata.get("repeat")
+        values[name] = parse_key_values(given, "--" + name.replace("_", "-")) if repeated else given
     for name in ("judge_param", "pair_param"):
         if name in values and not isinstance(values[name], dict):
             problems.append(f"{name}: expected a mapping of parameter: value")
@@ -173,20 +175,6 @@ def build_settings(args, extra: list[str]) -> IterateSettings:
     settings.beta = float(probe.dpo.beta)
     settings.max_length = probe.dpo.max_length
     return settings
-
-
-def _parse_params(items, name: str) -> dict:
-    """``["k=v", ...]`` -> ``{"k": v}``, a value read as JSON when it is JSON."""
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DpoPluginsError(f"--{name.replace('_', '-')} {item!r}: expected KEY=VALUE")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value
-    return params
 
 
 def _check_options(options: IterateOptions) -> list[str]:
@@ -222,6 +210,9 @@ def _check_options(options: IterateOptions) -> list[str]:
         judges = registrations("judge")
         if options.judge not in judges:
             problems.append(f"judge: unknown judge {options.judge!r}; available: {', '.join(sorted([*judges, DICE]))}")
+        else:
+            options.judge_param = _typed(options.judge_param, judges[options.judge].spec.params, "judge_param",
+                                         problems)
         if options.judge_mode not in JUDGE_MODES:
             problems.append(f"judge_mode: expected one of {', '.join(JUDGE_MODES)}, got {options.judge_mode!r}")
         if options.dice_ref:
@@ -236,11 +227,23 @@ def _check_options(options: IterateOptions) -> list[str]:
             if key not in declared:
                 problems.append(f"pair_param {key}: pair builder {options.pair_builder!r} has no such parameter "
                                 f"(it has: {', '.join(declared) or 'none'})")
+        options.pair_param = _typed(options.pair_param, declared, "pair_param", problems)
     if options.eval_ref and not options.eval_data:
         problems.append("eval_ref: needs --eval-data (the held-out pairs it scores)")
     if options.winrate_prompts and not options.eval_data:
         problems.append("winrate_prompts: needs --eval-data (its prompts are the held-out ones)")
     return problems
+
+
+def _typed(given: Mapping[str, Any], declared: Mapping[str, Any], name: str, problems: list) -> dict:
+    """Command-line strings typed like the plugin's declared defaults (YAML values are typed already)."""
+    typed = {}
+    for key, value in given.items():
+        try:
+            typed[key] = typed_like(declared.get(key), value)
+        except ValueError as error:
+            problems.append(f"{name} {key}: {error}")
+    return typed
 
 
 def _number(value) -> bool:
