@@ -27,11 +27,14 @@ from .plugins import (
     get_losses,
     get_merge_method,
     get_merge_methods,
+    get_pair_builder,
+    get_pair_builders,
     load_module,
     load_plugins,
 )
 from .records import PreferenceRecord, Problem
-from .specs import Checkpoint, CheckResult, Format, Judge, Loss, LossBatch, MergeMethod, PairLogps, StageInfo
+from .specs import (Checkpoint, CheckResult, Format, Judge, Loss, LossBatch, MergeMethod, PairBuilder, PairLogps,
+                    StageInfo)
 
 __version__ = "0.1.0"
 
@@ -48,6 +51,7 @@ __all__ = [
     "Loss",
     "LossBatch",
     "MergeMethod",
+    "PairBuilder",
     "PairLogps",
     "PluginError",
     "PreferenceRecord",
@@ -66,6 +70,8 @@ __all__ = [
     "get_losses",
     "get_merge_method",
     "get_merge_methods",
+    "get_pair_builder",
+    "get_pair_builders",
     "hookimpl",
     "hookspec",
     "load_module",

@@ -29,8 +29,9 @@ from .errors import DpoPluginsError, Terminated
 from .plugins import load_module, load_plugins, plugin_of_file
 
 # Subcommand -> its module in commands/: the subcommand's name, but for `plugins` (beside the host's plugins.py).
-COMMANDS = {"plugins": "list_plugins", "convert": "convert", "validate": "validate", "train": "train", "eval": "eval",
-            "winrate": "winrate", "judge-eval": "judge_eval", "demo": "demo", "merge": "merge", "anneal": "anneal"}
+COMMANDS = {"plugins": "list_plugins", "convert": "convert", "validate": "validate", "train": "train", "iterate": "iterate",
+            "eval": "eval", "winrate": "winrate", "judge-eval": "judge_eval", "demo": "demo", "merge": "merge",
+            "anneal": "anneal"}
 
 
 def build_parser() -> argparse.ArgumentParser:

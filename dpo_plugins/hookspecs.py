@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 
 import pluggy
 
-from .specs import CheckResult, Format, Judge, Loss, MergeMethod, StageInfo
+from .specs import CheckResult, Format, Judge, Loss, MergeMethod, PairBuilder, StageInfo
 
 hookspec = pluggy.HookspecMarker("dpo_plugins")
 hookimpl = pluggy.HookimplMarker("dpo_plugins")
@@ -88,6 +88,28 @@ def register_judges() -> Iterable[Judge]:
                 return ["a" if len(a) < len(b) else "b" if len(b) < len(a) else "tie"
                         for a, b in zip(outputs_a, outputs_b)]
             yield Judge(name="shorter", fn=shorter)
+    """
+
+
+@hookspec
+def register_pair_builders() -> Iterable[PairBuilder]:
+    """Return or yield the pair-building rules of ``dpo iterate`` this plugin provides.
+
+    A :class:`~dpo_plugins.specs.PairBuilder` wraps ``fn(scores, **params)``:
+    the judge's scores of one prompt's samples in, ``(pairs, dropped)`` out,
+    where ``pairs`` lists ``(chosen_index, rejected_index)`` (the chosen one
+    scored strictly higher) and ``dropped`` counts the candidate pairs left
+    out as ties. ``dpo iterate --pair-builder NAME`` uses it::
+
+        @hookimpl
+        def register_pair_builders():
+            def best_vs_second(scores, margin=0.0, **params):
+                order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+                best, second = order[0], order[1]
+                if scores[best] - scores[second] > margin:
+                    return [(best, second)], 0
+                return [], 1
+            yield PairBuilder(name="best-vs-second", fn=best_vs_second, params={"margin": 0.0})
     """
 
 

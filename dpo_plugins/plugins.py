@@ -27,7 +27,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import DuplicateNameError, PluginError, UnknownNameError
-from .specs import Format, Judge, Loss, MergeMethod
+from .specs import Format, Judge, Loss, MergeMethod, PairBuilder
 
 ENTRY_POINT_GROUP = "dpo_plugins"
 
@@ -40,6 +40,7 @@ DEFAULT_PLUGINS = (
     "dpo_plugins.default_plugins.alpaca_eval_judge",
     "dpo_plugins.default_plugins.merge_methods",
     "dpo_plugins.default_plugins.checks",
+    "dpo_plugins.default_plugins.pair_builders",
 )
 
 # kind -> (registration hook, the record type that hook must yield)
@@ -48,6 +49,7 @@ KINDS = {
     Loss.kind: ("register_losses", Loss),
     MergeMethod.kind: ("register_merge_methods", MergeMethod),
     Judge.kind: ("register_judges", Judge),
+    PairBuilder.kind: ("register_pair_builders", PairBuilder),
 }
 
 pm = pluggy.PluginManager("dpo_plugins")
@@ -261,6 +263,10 @@ def get_judges() -> Dict[str, Judge]:
     return {name: r.spec for name, r in registrations(Judge.kind).items()}
 
 
+def get_pair_builders() -> Dict[str, PairBuilder]:
+    return {name: r.spec for name, r in registrations(PairBuilder.kind).items()}
+
+
 def get_format(name: str) -> Format:
     return lookup(Format.kind, name)
 
@@ -275,3 +281,7 @@ def get_merge_method(name: str) -> MergeMethod:
 
 def get_judge(name: str) -> Judge:
     return lookup(Judge.kind, name)
+
+
+def get_pair_builder(name: str) -> PairBuilder:
+    return lookup(PairBuilder.kind, name)

@@ -1,7 +1,7 @@
 """The small frozen records that registration hooks return.
 
 Each record names one thing a plugin provides (a format, a loss, a merge
-method, a judge). The host only reads them; plugins build them. ``kind`` is
+method, a judge, a pair builder). The host only reads them; plugins build them. ``kind`` is
 the label ``dpo plugins`` shows.
 
 This module imports nothing heavy: loss functions receive torch tensors, but
@@ -195,7 +195,20 @@ class MergeMethod:
 
 
 @dataclass(frozen=True)
-class Judge:
+class _NamedFunction:
+    """A plugin's function under a name, with its default parameters (read-only)."""
+
+    name: str
+    fn: Callable[..., Any]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", _freeze(self.params))
+
+
+@dataclass(frozen=True)
+class Judge(_NamedFunction):
     """A win-rate judge: ``fn(prompts, outputs_a, outputs_b, **params)``.
 
     Returns one answer per prompt: ``"a"``, ``"b"`` or ``"tie"``, or the
@@ -214,14 +227,21 @@ class Judge:
 
     kind: ClassVar[str] = "judge"
 
-    name: str
-    fn: Callable[..., Any]
-    params: Mapping[str, Any] = field(default_factory=dict)
-    description: str = ""
     cache: bool = True
 
-    def __post_init__(self):
-        object.__setattr__(self, "params", _freeze(self.params))
+@dataclass(frozen=True)
+class PairBuilder(_NamedFunction):
+    """A rule that turns the scores of one prompt's K samples into preference pairs.
+
+    ``fn(scores, **params)`` gets the judge's scores of one prompt's samples
+    (a list of floats, higher is better) and returns ``(pairs, dropped)``:
+    ``pairs`` a list of ``(chosen_index, rejected_index)`` with the chosen
+    sample scored strictly higher, and ``dropped`` the number of candidate
+    pairs the rule left out as ties or near-ties. ``params`` holds the
+    defaults of its parameters (``--pair-param k=v`` overrides them).
+    """
+
+    kind: ClassVar[str] = "pair_builder"
 
 
 @dataclass(frozen=True)

@@ -68,17 +68,11 @@ def generate(model, tokenizer, prompts: Sequence[Any], settings: GenerationSetti
     from dpo_plugins.adapters.distributed import is_main_process, local_share, map_shared
 
     device = next(model.parameters()).device
-    sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample \
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    sampling = sampling_kwargs(settings)
     bar = tqdm(total=local_share(len(prompts)), desc=desc, disable=not progress or not is_main_process(), unit="prompt")
 
     def complete(index):
-        prompt = prompts[index]
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt)["input_ids"]
-        else:
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                return_dict=True)["input_ids"]
+        ids = prompt_ids(tokenizer, prompts[index])
         torch.manual_seed(settings.seed + index)
         with torch.no_grad():
             generated = model.generate(input_ids=torch.tensor([ids], device=device),
@@ -91,6 +85,21 @@ def generate(model, tokenizer, prompts: Sequence[Any], settings: GenerationSetti
     outputs = map_shared(range(len(prompts)), complete)  # split under accelerate launch
     bar.close()
     return outputs
+
+
+def sampling_kwargs(settings: GenerationSettings) -> dict:
+    """``generate``'s decoding arguments for ``settings``: sampling, or plain greedy."""
+    if settings.do_sample:
+        return {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def prompt_ids(tokenizer, prompt: Any) -> list[int]:
+    """The token ids a model continues from: a string as is, chat messages through the template."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
 
 
 def read_outputs(path) -> list[tuple[str, Any, str]]:

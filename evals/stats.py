@@ -46,6 +46,19 @@ def wilson_interval(wins: int, losses: int, ties: int, z: float = Z_95) -> list 
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def mean_interval(values: Sequence[float], z: float = Z_95) -> list | None:
+    """Normal-approximation 95% interval of the mean, ``mean +- z * sd / sqrt(n)`` (sample sd, n - 1).
+
+    ``None`` with fewer than two values, where the spread is unknown.
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    half = z * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    return [mean - half, mean + half]
+
+
 def position_consistency(first_order: Sequence[str], swapped_order: Sequence[str]) -> float | None:
     """Share of prompts whose verdict survives swapping the two outputs.
 

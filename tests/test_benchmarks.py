@@ -96,3 +96,11 @@ def test_alpaca_eval_judge_benchmark_counts_agreement_and_the_floor(run_benchmar
     longer = [len(r["chosen"][-1]["content"]) > len(r["rejected"][-1]["content"]) for r in rows]
     assert result["longest_floor"] == sum(longer) / 3
     assert result["judge_calls"] == 6 and result["human_agreement"] in (0, 1 / 6, 1 / 3, 0.5, 2 / 3, 5 / 6, 1)
+
+
+def test_iterate_generation_benchmark_makes_as_many_samples_both_ways(run_benchmark, tiny_model_dir):
+    result = run_benchmark("benchmarks.iterate_generation", "--model", tiny_model_dir, "--prompts", 3, "--k", 2,
+                           "--max-new-tokens", 4, "--batch-size", 2)
+    for side in ("plain", "batched"):
+        assert 6 <= result[side]["tokens"] <= 3 * 2 * 4  # at least one token per sample, at most the cap
+    assert result["ratio_tokens_per_s"] > 0

@@ -99,7 +99,7 @@ class _AnnealChecker(ConfigChecker):
         self.eval_settings(evaluation)
         for key in ("model", "ref_model", "output_dir"):
             if key in anneal:
-                self.problem(("anneal", key), f"set by dpo anneal: the policy is the merged model, the reference "
+                self.problem(("anneal", key), "set by dpo anneal: the policy is the merged model, the reference "
                                               "is anneal.reference, the output is OUTPUT_DIR/annealed")
         if self.problems:
             return None

@@ -94,9 +94,11 @@ HOSTED_TARGETS = {
 }
 
 
-def add_option_arguments(parser) -> None:
-    """Our options as argparse flags; defaults stay None so a YAML value can fill them."""
-    for name, spec in OPTION_FIELDS.items():
+def add_option_arguments(parser, fields: Optional[Mapping[str, Any]] = None, exclude=()) -> None:
+    """Our options (or another command's ``fields``) as argparse flags; defaults stay None so a YAML value can fill them."""
+    for name, spec in (OPTION_FIELDS if fields is None else fields).items():
+        if name in exclude:
+            continue
         flag = spec.metadata.get("flag", "--" + name.replace("_", "-"))
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         help_text = spec.metadata["help"] + ("" if default is None else f" (default: {default})")
