@@ -20,6 +20,7 @@ reference log-probs) overrides only that method.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -37,13 +38,14 @@ from dpo_plugins.errors import DpoPluginsError, HealthCheckError
 
 from .loss_selection import select_losses
 from .packing import unsupported_reason
+from .padded_batches import WEIGHTS_KEY, WeighRepeatedPairs
 
 SUPPORTED_TRL = ">=1.16,<1.17"
 LN2 = math.log(2)
 logger = logging.getLogger("dpo_plugins.train")
 
 # Keys of a collated batch that are not model inputs.
-NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps", WEIGHTS_KEY})
 
 
 def check_trl_version(version: str = trl.__version__) -> None:
@@ -63,7 +65,7 @@ check_trl_version()
 
 @dataclass
 class TokenStats:
-    """Sums behind TRL's token metrics (entropy, logits/*, mean_token_accuracy)."""
+    """Sums behind TRL's token metrics (entropy, logits/*, mean_token_accuracy), each per pair ``(B,)``."""
 
     entropy_sum: Any
     chosen_logits_sum: Any
@@ -71,6 +73,13 @@ class TokenStats:
     chosen_correct: Any
     chosen_tokens: Any
     rejected_tokens: Any
+
+    def summed(self, keep=None) -> "TokenStats":
+        """The sums over the pairs (those where ``keep`` is true, when given)."""
+        return TokenStats(**{
+            field.name: (value if keep is None else value[keep]).sum()
+            for field in dataclasses.fields(self) for value in [getattr(self, field.name)]
+        })
 
 
 @dataclass
@@ -285,13 +294,14 @@ class PluginDPOTrainer(DPOTrainer):
                 else:
                     ref = collated_pair_logps(reference, inputs)
             ref_chosen_logps, ref_rejected_logps = ref.chosen, ref.rejected
+        chosen_mask, rejected_mask = inputs["completion_mask"][..., 1:].chunk(2, dim=0)
         stats = TokenStats(
-            entropy_sum=(sums.chosen_entropy + sums.rejected_entropy).sum(),
-            chosen_logits_sum=sums.chosen_mean_logits.sum(),
-            rejected_logits_sum=sums.rejected_mean_logits.sum(),
-            chosen_correct=sums.chosen_top1.sum().long(),
-            chosen_tokens=(inputs["completion_mask"][..., 1:].chunk(2, dim=0)[0]).sum(),
-            rejected_tokens=(inputs["completion_mask"][..., 1:].chunk(2, dim=0)[1]).sum(),
+            entropy_sum=sums.chosen_entropy + sums.rejected_entropy,
+            chosen_logits_sum=sums.chosen_mean_logits,
+            rejected_logits_sum=sums.rejected_mean_logits,
+            chosen_correct=sums.chosen_top1.long(),
+            chosen_tokens=chosen_mask.sum(dim=1),
+            rejected_tokens=rejected_mask.sum(dim=1),
         )
         return PairForward(
             policy.chosen,
@@ -330,7 +340,9 @@ class PluginDPOTrainer(DPOTrainer):
         forward = with_ld_sums(forward, self.args.ld_alpha)
         batch = build_loss_batch(forward, self.forward_needs, self.args.f_divergence_type,
                                  self.args.f_alpha_divergence_coef)
-        loss, loss_metrics = combined_loss(self.loss_terms, batch, self.beta, forward.tokens, self.args.use_weighting)
+        pair_weights = inputs.get(WEIGHTS_KEY)  # the repeats of a padded last batch weigh 0 (.padded_batches)
+        loss, loss_metrics = combined_loss(self.loss_terms, batch, self.beta, forward.tokens, self.args.use_weighting,
+                                           pair_weights)
         for name, value in loss_metrics.items():
             value = torch.as_tensor(value, device=forward.chosen_logps.device).detach().float()
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
@@ -345,12 +357,21 @@ class PluginDPOTrainer(DPOTrainer):
         self._record_metrics(mode, forward, inputs)
         return loss
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The training batches, the last of an epoch marked when accelerate padded it with repeated pairs."""
+        return super().get_batch_samples(WeighRepeatedPairs(epoch_iterator, self.accelerator), num_batches, device)
+
     def _record_metrics(self, mode, forward, inputs):
-        """TRL's metrics under TRL's names; with no reference the log-ratios are the policy log-probs."""
+        """TRL's metrics under TRL's names; with no reference the log-ratios are the policy log-probs.
+
+        Pairs repeated to pad a last batch (:mod:`.padded_batches`) count in none of them but
+        ``num_tokens`` (the tokens the processes did run).
+        """
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         stats = forward.token_stats
         if stats is not None:
+            stats = stats.summed(inputs[WEIGHTS_KEY] > 0 if WEIGHTS_KEY in inputs else None)
             entropy_sum = gather(stats.entropy_sum).sum()
             tokens = gather(stats.chosen_tokens + stats.rejected_tokens).sum()
             metrics["entropy"].append((entropy_sum / tokens).item() if tokens > 0 else 0.0)
@@ -374,6 +395,9 @@ class PluginDPOTrainer(DPOTrainer):
             rejected = rejected - forward.ref_rejected_logps
         chosen_rewards, rejected_rewards = self.beta * chosen, self.beta * rejected
         gather_all = self.accelerator.gather
+        if WEIGHTS_KEY in inputs:
+            real = self.accelerator.gather(inputs[WEIGHTS_KEY] > 0)
+            gather_all = lambda values: self.accelerator.gather(values)[real]  # noqa: E731
         metrics["rewards/chosen"].append(gather_all(chosen_rewards).mean().item())
         metrics["rewards/rejected"].append(gather_all(rejected_rewards).mean().item())
         metrics["rewards/accuracies"].append(gather_all((chosen_rewards > rejected_rewards).float()).mean().item())
@@ -460,17 +484,18 @@ class PluginDPOTrainer(DPOTrainer):
 
 
 def _token_stats(outputs, shift_completion_mask, seq_len) -> Optional[TokenStats]:
-    """Sums for TRL's token metrics, from the fused LM head's per-token outputs."""
+    """Per-pair sums for TRL's token metrics, from the fused LM head's per-token outputs."""
     if outputs.entropy is None or outputs.mean_logits is None or outputs.is_top1 is None:
         return None
     chosen_mask, rejected_mask = shift_completion_mask.bool().chunk(2, dim=0)
-    chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].chunk(2, dim=0)
+    chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2, dim=0)
     chosen_top1, _ = outputs.is_top1[:, -seq_len:].chunk(2, dim=0)
+    entropy = (outputs.entropy[:, -seq_len:].detach() * shift_completion_mask).sum(dim=1)
     return TokenStats(
-        entropy_sum=(outputs.entropy[:, -seq_len:].detach() * shift_completion_mask).sum(),
-        chosen_logits_sum=chosen_mean_logits[chosen_mask].sum().detach(),
-        rejected_logits_sum=rejected_mean_logits[rejected_mask].sum().detach(),
-        chosen_correct=(chosen_top1 & chosen_mask).sum(),
-        chosen_tokens=chosen_mask.sum(),
-        rejected_tokens=rejected_mask.sum(),
+        entropy_sum=sum(entropy.chunk(2, dim=0)),
+        chosen_logits_sum=chosen_mean_logits.masked_fill(~chosen_mask, 0).sum(dim=1),
+        rejected_logits_sum=rejected_mean_logits.masked_fill(~rejected_mask, 0).sum(dim=1),
+        chosen_correct=(chosen_top1 & chosen_mask).sum(dim=1),
+        chosen_tokens=chosen_mask.sum(dim=1),
+        rejected_tokens=rejected_mask.sum(dim=1),
     )
