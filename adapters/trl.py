@@ -183,9 +183,10 @@ class PluginDPOTrainer(DPOTrainer):
         if not self.needs_reference:
             return dataset
         if self.is_deepspeed_enabled or self.is_fsdp_enabled or not self._packs(self.ref_model or self.model):
-            # DeepSpeed / FSDP: TRL's precompute places the weights for the engine. Under DDP ours runs
-            # every pair in every process (one entry, written atomically): TRL's splits them, but then
-            # reads a file only rank 0 wrote, which other processes cannot see for in-memory data.
+            # DeepSpeed / FSDP: TRL's precompute places the weights for the engine. Under DDP the processes
+            # share ours (each scores its share of the batches, all gather them, the main process alone
+            # writes the one entry: .ref_cache): TRL's splits them too, but then reads a file only rank 0
+            # wrote, which other processes cannot see for in-memory data.
             return super()._precompute_ref_logps(dataset, name, batch_size)
         from dpo_plugins.adapters.ref_cache import reference_logps
 
