@@ -365,8 +365,8 @@ class PluginDPOTrainer(DPOTrainer):
     def _record_metrics(self, mode, forward, inputs):
         """TRL's metrics under TRL's names; with no reference the log-ratios are the policy log-probs.
 
-        Pairs repeated to pad a last batch (:mod:`.padded_batches`) count in none of them but
-        ``num_tokens`` (the tokens the processes did run).
+        Pairs repeated to pad a last batch (:mod:`.padded_batches`) count in none of them, so they
+        are one process's on the same global batch.
         """
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
@@ -377,7 +377,10 @@ class PluginDPOTrainer(DPOTrainer):
             tokens = gather(stats.chosen_tokens + stats.rejected_tokens).sum()
             metrics["entropy"].append((entropy_sum / tokens).item() if tokens > 0 else 0.0)
         if mode == "train" and "attention_mask" in inputs:
-            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+            rows = inputs["attention_mask"]
+            if WEIGHTS_KEY in inputs:  # rows are [chosen_1..chosen_B, rejected_1..rejected_B]
+                rows = rows[(inputs[WEIGHTS_KEY] > 0).repeat(2)]
+            self._total_train_tokens += gather(rows.sum()).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         if stats is not None:
             chosen_tokens = gather(stats.chosen_tokens).sum().item()
