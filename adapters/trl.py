@@ -38,6 +38,7 @@ from dpo_plugins.errors import DpoPluginsError, HealthCheckError
 
 from .loss_selection import select_losses
 from .packing import unsupported_reason
+from .ddp_forward import is_ddp, through_wrapper
 from .padded_batches import WEIGHTS_KEY, WeighRepeatedPairs
 
 SUPPORTED_TRL = ">=1.16,<1.17"
@@ -203,15 +204,17 @@ class PluginDPOTrainer(DPOTrainer):
     def _packs(self, model) -> bool:
         """Whether the packed forward serves ``model`` here (else TRL's forward does, with the same numbers).
 
-        It needs the bare model (a DDP / FSDP / DeepSpeed wrapper must see its
-        own forward), no MoE auxiliary loss, and a model it supports
-        (:func:`~dpo_plugins.adapters.packing.unsupported_reason`).
+        It needs the bare model or a DDP wrapper (run through the wrapper's
+        forward: :func:`~.ddp_forward.through_wrapper`; an FSDP / DeepSpeed
+        engine must run its own forward), no MoE auxiliary loss, and a model
+        it supports (:func:`~dpo_plugins.adapters.packing.unsupported_reason`).
         """
         if not self.packed_forward or self.aux_loss_enabled:
             return False
-        if model is not self.accelerator.unwrap_model(model):
+        bare = self.accelerator.unwrap_model(model)
+        if model is not bare and not is_ddp(model):
             return False
-        return unsupported_reason(model) is None
+        return unsupported_reason(bare) is None
 
     # -- the one overridable forward -------------------------------------
 
@@ -278,7 +281,8 @@ class PluginDPOTrainer(DPOTrainer):
 
         # loss API v2: per-token log-probs (and WPO's statistic) only when the losses or modifiers need them
         per_token, log_sum_sq = "tokens" in self.forward_needs, "log_sum_sq_probs" in self.forward_needs
-        out = collated_pair_logps(model, inputs, token_sums=True, per_token=per_token, log_sum_sq=log_sum_sq)
+        out = through_wrapper(model, lambda bare: collated_pair_logps(bare, inputs, token_sums=True, per_token=per_token,
+                                                                      log_sum_sq=log_sum_sq))
         (policy, sums), tokens = out[:2], (out[2] if per_token else None)
         ref_ld = self.args.ld_alpha is not None and self.needs_reference and not self.precompute_ref_logps
         ref_tokens = None
@@ -432,6 +436,8 @@ class PluginDPOTrainer(DPOTrainer):
             )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self._gradients_checked:  # the first step: say which forward serves this model, wrapped as it is
+            logger.info("forward: %s", "packed (prefix-shared pairs)" if self._packs(model) else "TRL's two-row forward")
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not self._gradients_checked:
             self._gradients_checked = True

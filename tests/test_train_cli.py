@@ -220,8 +220,9 @@ def test_two_processes_and_two_machines_match_one_with_the_same_global_batch(tmp
     Six pairs at 4 a step: step 1 trains 4, step 2 the other 2 (one process) -- which accelerate pads
     with 2 of step 1's pairs under several processes, weighed 0 by `dpo train` (adapters/padded_batches.py)
     -- and step 3 starts epoch 2. Two processes on one machine run the reference in each step (the
-    default there); two accelerate "machines" on 127.0.0.1 run the packed forward on the reference
-    log-probs precomputed together into one fresh cache entry, then `dpo eval` the trained model.
+    default there); two accelerate "machines" on 127.0.0.1 use the reference log-probs precomputed
+    together into one fresh cache entry, then `dpo eval` the trained model. Every process trains with
+    the packed forward, run through the DDP wrapper (adapters/ddp_forward.py).
     Losses, metrics and the saved weights equal the single process's to 1e-5.
     """
     from safetensors.torch import load_file
@@ -246,6 +247,7 @@ def test_two_processes_and_two_machines_match_one_with_the_same_global_batch(tmp
     double = subprocess.run(train(TWO_PROCESSES, "two", 2), capture_output=True, text=True, timeout=600, env=env)
     assert double.returncode == 0, double.stderr[-3000:]
     assert "reference log-probs for train" not in double.stderr
+    assert "forward: packed" in double.stderr and "forward: TRL" not in double.stderr  # through the DDP wrapper
     machines_env = {**env, "DPO_PLUGINS_CACHE": str(tmp_path / "machines-cache")}
     (tmp_path / "machines-cache").mkdir()
     (tmp_path / "machines-cache" / "smollm2-135m-instruct").symlink_to(
@@ -255,6 +257,7 @@ def test_two_processes_and_two_machines_match_one_with_the_same_global_batch(tmp
     for result in machines:
         assert result.returncode == 0, result.stderr[-3000:]
     assert "reference log-probs for train: computed and cached" in machines[0].stderr
+    assert all("forward: packed" in result.stderr for result in machines)
     assert len(list((tmp_path / "machines-cache" / "ref-logps").iterdir())) == 1  # written once
 
     one = [entry for entry in log_history(tmp_path / "one") if "loss" in entry]
