@@ -209,8 +209,8 @@ class PluginDPOTrainer(DPOTrainer):
         engine must run its own forward), no MoE auxiliary loss, and a model
         it supports (:func:`~dpo_plugins.adapters.packing.unsupported_reason`).
         """
-        if not self.packed_forward or self.aux_loss_enabled:
-            return False
+        if not self.packed_forward or self.aux_loss_enabled or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return False  # FSDP2 shards in place (no wrapper to see): the engine's own forward must gather weights
         bare = self.accelerator.unwrap_model(model)
         if model is not bare and not is_ddp(model):
             return False

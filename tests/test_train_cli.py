@@ -119,6 +119,27 @@ def test_unsupported_combinations_are_errors(tmp_path, capsys, pairs_file, argv,
     assert message in capsys.readouterr().err
 
 
+def test_fsdp_or_deepspeed_without_gpus_is_refused_not_silently_ddp(tmp_path, capsys, pairs_file, monkeypatch):
+    """accelerate enables FSDP / DeepSpeed only for a GPU launch; on CPU `dpo train` refuses them before loading.
+
+    (`accelerate launch --config_file examples/distributed/fsdp2.yaml` sets ACCELERATE_USE_FSDP; without
+    this check the two processes trained with DDP and reported nothing.)
+    """
+    import importlib.util
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert cli.main(["train", "--data", str(pairs_file), "--output-dir", str(out)]) == 1
+    assert "FSDP needs GPUs: accelerate enables it only for a GPU launch" in capsys.readouterr().err
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert cli.main(["train", "--data", str(pairs_file), "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "DeepSpeed needs GPUs" in err
+    assert ("DeepSpeed is not installed: pip install deepspeed" in err) == (importlib.util.find_spec("deepspeed") is None)
+    assert not out.exists()
+
+
 PLUGIN_MODULE = """
 import torch.nn.functional as F
 from dpo_plugins import Loss, hookimpl
