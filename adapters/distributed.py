@@ -75,3 +75,30 @@ def map_shared(units: Sequence[Any], work: Callable[[Any], Any]) -> list:
     for index, result in gather_object(local):
         results[index] = result
     return results
+
+
+
+def engine_problems(config: dict, extra: list[str], gpu: bool) -> list[str]:
+    """Why the FSDP / DeepSpeed asked for (config keys, ``--fsdp`` / ``--deepspeed`` flags, or the
+    ``accelerate launch`` environment) cannot run here, one line each; checked before ``DPOConfig`` is built.
+
+    accelerate enables FSDP only for a GPU (or other accelerator) launch, and
+    DeepSpeed only without ``cpu``: on a machine without one, the processes
+    would quietly train with DDP instead. That is refused, as is DeepSpeed
+    when it is not installed (transformers would fail building the config).
+    """
+    import importlib.util
+
+    def wanted(name: str) -> bool:
+        flagged = any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in extra)
+        launched = os.environ.get(f"ACCELERATE_USE_{name.upper()}", "false").lower() == "true"
+        return bool(config.get(name)) or flagged or launched
+
+    problems = []
+    for name, engine in (("fsdp", "FSDP"), ("deepspeed", "DeepSpeed")):
+        if wanted(name) and not gpu:
+            problems.append(f"{engine} needs GPUs: accelerate enables it only for a GPU launch, so on CPU the "
+                            "processes would silently train with DDP; on CPU launch with --multi_gpu (DDP, gloo)")
+    if wanted("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        problems.append("DeepSpeed is not installed: pip install deepspeed")
+    return problems

@@ -45,10 +45,15 @@ def build_loss_batch(forward, needs, f_divergence_type="reverse_kl", f_alpha_div
     return dataclasses.replace(sums, **extra)
 
 
-def combined_loss(terms: Sequence, batch: LossBatch, beta: float, tokens=None, use_weighting=False):
+def combined_loss(terms: Sequence, batch: LossBatch, beta: float, tokens=None, use_weighting=False,
+                  pair_weights=None):
     """``(loss, metrics)``: ``sum_i w_i * mean(loss_i)`` (each pair's value times its WPO weight when
-    ``use_weighting``) and the scalars the losses asked to log, as ``{"LOSS/METRIC": tensor}``."""
+    ``use_weighting``, and times ``pair_weights`` when given: :mod:`.padded_batches`) and the scalars the
+    losses asked to log, as ``{"LOSS/METRIC": tensor}``."""
     weights = wpo_weights(tokens) if use_weighting else None
+    if pair_weights is not None:
+        pair_weights = pair_weights.to(batch.chosen_logps.dtype)
+        weights = pair_weights if weights is None else weights * pair_weights
     expected = tuple(batch.chosen_logps.shape)
     loss, metrics = 0.0, {}
     for term in terms:

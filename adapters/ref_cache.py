@@ -13,20 +13,28 @@ SHA-256 of the tensor bytes. A file whose metadata does not match the key,
 whose checksum does not match its contents, or that cannot be parsed is
 reported and recomputed, never reused. Writes go to a temporary file renamed
 into place, so a crash never leaves a half-written entry.
+
+Under several processes (``accelerate launch``, one node or many) every
+process reads the entry; unless all of them found it valid they compute it
+together, each its share of the batches (:func:`~.distributed.map_shared`),
+gather it, and only the main process writes it: no two ranks ever write one
+entry, and no rank reads one that is being written (the rename is atomic).
+Nodes without a shared cache folder simply miss on the nodes that lack it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
+from dpo_plugins.adapters.distributed import every_process, is_main_process, map_shared
 from dpo_plugins.adapters.models import cache_dir
 from dpo_plugins.atomic import atomic_file
 from dpo_plugins.adapters.packing import packed_pair_logps
@@ -150,12 +158,18 @@ class RefLogpsCache:
         return self.path(key)
 
     def get_or_compute(self, key: RefCacheKey, n_pairs: int, compute: Callable[[], tuple]):
-        """``(chosen, rejected, hit)``: the cached entry, or ``compute()``'s result, stored."""
+        """``(chosen, rejected, hit)``: the cached entry, or ``compute()``'s result, stored.
+
+        Under several processes every process calls this: all use the entry
+        when all of them read it, else all run ``compute`` (which may split
+        the work among them) and the main process alone stores the result.
+        """
         cached = self.load(key, n_pairs)
-        if cached is not None:
+        if every_process(cached is not None):
             return (*cached, True)
         chosen, rejected = compute()
-        self.store(key, chosen, rejected)
+        if is_main_process():
+            self.store(key, chosen, rejected)
         return chosen, rejected, False
 
 
@@ -191,25 +205,29 @@ def reference_logps(
     """``(chosen, rejected, hit)``: float64 reference log-prob sums of ``pairs``, from the cache when valid.
 
     On a miss they are computed with the packed forward without gradient,
-    ``batch_size`` pairs at a time, the log-softmax in float64 as in ``dpo
-    eval``, and stored. The results do not depend on ``batch_size``.
+    ``batch_size`` pairs at a time (the batches dealt to the processes under
+    ``accelerate launch``), the log-softmax in float64 as in ``dpo eval``,
+    and stored. The results do not depend on ``batch_size`` or on how many
+    processes share the work.
     With ``ld_alpha`` they are LD-DPO's sums (:func:`.modifiers.ld_sums`).
     """
     cache = cache or RefLogpsCache()
     key = make_key(pairs, model, tokenizer, max_length, truncation_mode, ld_alpha)
 
-    def compute():
-        chosen, rejected = [], []
+    def batch_logps(start):
         with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                out = packed_pair_logps(model, pairs[start : start + batch_size], max_length, truncation_mode,
-                                 logps_dtype=torch.float64, per_token=ld_alpha is not None)
-                if ld_alpha is not None:
-                    out = _ld_pair_sums(*out, ld_alpha)
-                chosen.append(out.chosen_logps.cpu())
-                rejected.append(out.rejected_logps.cpu())
+            out = packed_pair_logps(model, pairs[start : start + batch_size], max_length, truncation_mode,
+                                    logps_dtype=torch.float64, per_token=ld_alpha is not None)
+        if ld_alpha is not None:
+            out = _ld_pair_sums(*out, ld_alpha)
+        return out.chosen_logps.cpu(), out.rejected_logps.cpu()
+
+    def compute():
+        batches = map_shared(range(0, len(pairs), batch_size), batch_logps)
         empty = torch.zeros(0, dtype=torch.float64)
-        return (torch.cat(chosen), torch.cat(rejected)) if pairs else (empty, empty)
+        if not batches:
+            return empty, empty
+        return torch.cat([chosen for chosen, _ in batches]), torch.cat([rejected for _, rejected in batches])
 
     return cache.get_or_compute(key, len(pairs), compute)
 

@@ -71,10 +71,10 @@ def precompute_reference(terms, args, options) -> bool:
     sweep) instead of a reference forward in every step. No with
     ``--trl-forward`` (stock TRL's default), with ``sync_ref_model`` (the
     reference moves), with reference-free losses, and under several
-    processes or FSDP / DeepSpeed, where each process would score every
-    pair (or TRL's precompute would run, which cannot share its cache file
-    between processes for in-memory data): there the reference runs in each
-    step, on each process's share of the batch.
+    processes or FSDP / DeepSpeed, as stock TRL does there: the reference
+    runs in each step, on each process's share of the batch. Asked for
+    under several processes (DDP), the processes share the precompute and
+    its one cache entry (:mod:`.ref_cache`).
     """
     if args.precompute_ref_log_probs is not None:
         return args.precompute_ref_log_probs

@@ -39,13 +39,15 @@ from dpo_plugins.specs import PairLogps
 
 from .loss_selection import select_losses
 from .packing import unsupported_reason
+from .ddp_forward import is_ddp, through_wrapper
+from .padded_batches import WEIGHTS_KEY, WeighRepeatedPairs
 
 SUPPORTED_TRL = ">=1.16,<1.17"
 LN2 = math.log(2)
 logger = logging.getLogger("dpo_plugins.train")
 
 # Keys of a collated batch that are not model inputs.
-NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps", WEIGHTS_KEY})
 
 
 def check_trl_version(version: str = trl.__version__) -> None:
@@ -65,7 +67,7 @@ check_trl_version()
 
 @dataclass
 class TokenStats:
-    """Sums behind TRL's token metrics (entropy, logits/*, mean_token_accuracy)."""
+    """Sums behind TRL's token metrics (entropy, logits/*, mean_token_accuracy), each per pair ``(B,)``."""
 
     entropy_sum: Any
     chosen_logits_sum: Any
@@ -73,6 +75,13 @@ class TokenStats:
     chosen_correct: Any
     chosen_tokens: Any
     rejected_tokens: Any
+
+    def summed(self, keep=None) -> "TokenStats":
+        """The sums over the pairs (those where ``keep`` is true, when given)."""
+        return TokenStats(**{
+            field.name: (value if keep is None else value[keep]).sum()
+            for field in dataclasses.fields(self) for value in [getattr(self, field.name)]
+        })
 
 
 @dataclass
@@ -171,9 +180,10 @@ class PluginDPOTrainer(DPOTrainer):
         if not self.needs_reference:
             return dataset
         if self.is_deepspeed_enabled or self.is_fsdp_enabled or not self._packs(self.ref_model or self.model):
-            # DeepSpeed / FSDP: TRL's precompute places the weights for the engine. Under DDP ours runs
-            # every pair in every process (one entry, written atomically): TRL's splits them, but then
-            # reads a file only rank 0 wrote, which other processes cannot see for in-memory data.
+            # DeepSpeed / FSDP: TRL's precompute places the weights for the engine. Under DDP the processes
+            # share ours (each scores its share of the batches, all gather them, the main process alone
+            # writes the one entry: .ref_cache): TRL's splits them too, but then reads a file only rank 0
+            # wrote, which other processes cannot see for in-memory data.
             return super()._precompute_ref_logps(dataset, name, batch_size)
         from dpo_plugins.adapters.ref_cache import reference_logps
 
@@ -190,15 +200,17 @@ class PluginDPOTrainer(DPOTrainer):
     def _packs(self, model) -> bool:
         """Whether the packed forward serves ``model`` here (else TRL's forward does, with the same numbers).
 
-        It needs the bare model (a DDP / FSDP / DeepSpeed wrapper must see its
-        own forward), no MoE auxiliary loss, and a model it supports
-        (:func:`~dpo_plugins.adapters.packing.unsupported_reason`).
+        It needs the bare model or a DDP wrapper (run through the wrapper's
+        forward: :func:`~.ddp_forward.through_wrapper`; an FSDP / DeepSpeed
+        engine must run its own forward), no MoE auxiliary loss, and a model
+        it supports (:func:`~dpo_plugins.adapters.packing.unsupported_reason`).
         """
-        if not self.packed_forward or self.aux_loss_enabled:
+        if not self.packed_forward or self.aux_loss_enabled or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return False  # FSDP2 shards in place (no wrapper to see): the engine's own forward must gather weights
+        bare = self.accelerator.unwrap_model(model)
+        if model is not bare and not is_ddp(model):
             return False
-        if model is not self.accelerator.unwrap_model(model):
-            return False
-        return unsupported_reason(model) is None
+        return unsupported_reason(bare) is None
 
     # -- the one overridable forward -------------------------------------
 
@@ -260,7 +272,8 @@ class PluginDPOTrainer(DPOTrainer):
 
         # per-token log-probs (and WPO's statistic) only when the losses or modifiers need them
         per_token, log_sum_sq = "tokens" in self.forward_needs, "log_sum_sq_probs" in self.forward_needs
-        out = collated_pair_logps(model, inputs, token_sums=True, per_token=per_token, log_sum_sq=log_sum_sq)
+        out = through_wrapper(model, lambda bare: collated_pair_logps(bare, inputs, token_sums=True, per_token=per_token,
+                                                                      log_sum_sq=log_sum_sq))
         (policy, sums), tokens = out[:2], (out[2] if per_token else None)
         ref_ld = self.args.ld_alpha is not None and self.needs_reference and not self.precompute_ref_logps
         ref_tokens = None
@@ -277,13 +290,14 @@ class PluginDPOTrainer(DPOTrainer):
                 else:
                     ref = collated_pair_logps(reference, inputs)
             ref_chosen_logps, ref_rejected_logps = ref.chosen_logps, ref.rejected_logps
+        chosen_mask, rejected_mask = inputs["completion_mask"][..., 1:].chunk(2, dim=0)
         stats = TokenStats(
-            entropy_sum=(sums.chosen_entropy + sums.rejected_entropy).sum(),
-            chosen_logits_sum=sums.chosen_mean_logits.sum(),
-            rejected_logits_sum=sums.rejected_mean_logits.sum(),
-            chosen_correct=sums.chosen_top1.sum().long(),
-            chosen_tokens=(inputs["completion_mask"][..., 1:].chunk(2, dim=0)[0]).sum(),
-            rejected_tokens=(inputs["completion_mask"][..., 1:].chunk(2, dim=0)[1]).sum(),
+            entropy_sum=sums.chosen_entropy + sums.rejected_entropy,
+            chosen_logits_sum=sums.chosen_mean_logits,
+            rejected_logits_sum=sums.rejected_mean_logits,
+            chosen_correct=sums.chosen_top1.long(),
+            chosen_tokens=chosen_mask.sum(dim=1),
+            rejected_tokens=rejected_mask.sum(dim=1),
         )
         return PairForward(
             dataclasses.replace(policy, ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps),
@@ -317,7 +331,9 @@ class PluginDPOTrainer(DPOTrainer):
         forward = with_ld_sums(forward, self.args.ld_alpha)
         batch = build_loss_batch(forward, self.forward_needs, self.args.f_divergence_type,
                                  self.args.f_alpha_divergence_coef)
-        loss, loss_metrics = combined_loss(self.loss_terms, batch, self.beta, forward.tokens, self.args.use_weighting)
+        pair_weights = inputs.get(WEIGHTS_KEY)  # the repeats of a padded last batch weigh 0 (.padded_batches)
+        loss, loss_metrics = combined_loss(self.loss_terms, batch, self.beta, forward.tokens, self.args.use_weighting,
+                                           pair_weights)
         for name, value in loss_metrics.items():
             value = torch.as_tensor(value, device=forward.sums.chosen_logps.device).detach().float()
             self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.reshape(1)).mean().item())
@@ -331,17 +347,29 @@ class PluginDPOTrainer(DPOTrainer):
         self._record_metrics(mode, forward, inputs)
         return loss
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The training batches, the last of an epoch marked when accelerate padded it with repeated pairs."""
+        return super().get_batch_samples(WeighRepeatedPairs(epoch_iterator, self.accelerator), num_batches, device)
+
     def _record_metrics(self, mode, forward, inputs):
-        """TRL's metrics under TRL's names; with no reference the log-ratios are the policy log-probs."""
+        """TRL's metrics under TRL's names; with no reference the log-ratios are the policy log-probs.
+
+        Pairs repeated to pad a last batch (:mod:`.padded_batches`) count in none of them, so they
+        are one process's on the same global batch.
+        """
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         stats = forward.token_stats
         if stats is not None:
+            stats = stats.summed(inputs[WEIGHTS_KEY] > 0 if WEIGHTS_KEY in inputs else None)
             entropy_sum = gather(stats.entropy_sum).sum()
             tokens = gather(stats.chosen_tokens + stats.rejected_tokens).sum()
             metrics["entropy"].append((entropy_sum / tokens).item() if tokens > 0 else 0.0)
         if mode == "train" and "attention_mask" in inputs:
-            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+            rows = inputs["attention_mask"]
+            if WEIGHTS_KEY in inputs:  # rows are [chosen_1..chosen_B, rejected_1..rejected_B]
+                rows = rows[(inputs[WEIGHTS_KEY] > 0).repeat(2)]
+            self._total_train_tokens += gather(rows.sum()).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
         if stats is not None:
             chosen_tokens = gather(stats.chosen_tokens).sum().item()
@@ -361,6 +389,9 @@ class PluginDPOTrainer(DPOTrainer):
             rejected = rejected - sums.ref_rejected_logps
         chosen_rewards, rejected_rewards = self.beta * chosen, self.beta * rejected
         gather_all = self.accelerator.gather
+        if WEIGHTS_KEY in inputs:
+            real = self.accelerator.gather(inputs[WEIGHTS_KEY] > 0)
+            gather_all = lambda values: self.accelerator.gather(values)[real]  # noqa: E731
         metrics["rewards/chosen"].append(gather_all(chosen_rewards).mean().item())
         metrics["rewards/rejected"].append(gather_all(rejected_rewards).mean().item())
         metrics["rewards/accuracies"].append(gather_all((chosen_rewards > rejected_rewards).float()).mean().item())
@@ -392,6 +423,8 @@ class PluginDPOTrainer(DPOTrainer):
             )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self._gradients_checked:  # the first step: say which forward serves this model, wrapped as it is
+            logger.info("forward: %s", "packed (prefix-shared pairs)" if self._packs(model) else "TRL's two-row forward")
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not self._gradients_checked:
             self._gradients_checked = True
@@ -448,17 +481,18 @@ class PluginDPOTrainer(DPOTrainer):
 
 
 def _token_stats(outputs, shift_completion_mask, seq_len) -> Optional[TokenStats]:
-    """Sums for TRL's token metrics, from the fused LM head's per-token outputs."""
+    """Per-pair sums for TRL's token metrics, from the fused LM head's per-token outputs."""
     if outputs.entropy is None or outputs.mean_logits is None or outputs.is_top1 is None:
         return None
     chosen_mask, rejected_mask = shift_completion_mask.bool().chunk(2, dim=0)
-    chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].chunk(2, dim=0)
+    chosen_mean_logits, rejected_mean_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2, dim=0)
     chosen_top1, _ = outputs.is_top1[:, -seq_len:].chunk(2, dim=0)
+    entropy = (outputs.entropy[:, -seq_len:].detach() * shift_completion_mask).sum(dim=1)
     return TokenStats(
-        entropy_sum=(outputs.entropy[:, -seq_len:].detach() * shift_completion_mask).sum(),
-        chosen_logits_sum=chosen_mean_logits[chosen_mask].sum().detach(),
-        rejected_logits_sum=rejected_mean_logits[rejected_mask].sum().detach(),
-        chosen_correct=(chosen_top1 & chosen_mask).sum(),
-        chosen_tokens=chosen_mask.sum(),
-        rejected_tokens=rejected_mask.sum(),
+        entropy_sum=sum(entropy.chunk(2, dim=0)),
+        chosen_logits_sum=chosen_mean_logits.masked_fill(~chosen_mask, 0).sum(dim=1),
+        rejected_logits_sum=rejected_mean_logits.masked_fill(~rejected_mask, 0).sum(dim=1),
+        chosen_correct=(chosen_top1 & chosen_mask).sum(dim=1),
+        chosen_tokens=chosen_mask.sum(dim=1),
+        rejected_tokens=rejected_mask.sum(dim=1),
     )

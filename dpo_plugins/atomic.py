@@ -7,8 +7,11 @@ target's own folder, so the final ``os.replace`` is a rename on one file
 system: a reader sees the old output or the complete new one, never half of
 one. On any exception, interrupt included, the temporary sibling is removed
 and the target is left as it was. A run killed outright (SIGKILL, power
-loss) cannot clean up; the next run that writes the same target removes the
-temporary siblings whose process is gone.
+loss) cannot clean up; the next run on the same host that writes the same
+target removes the temporary siblings whose process is gone. A sibling's
+name carries its host (``.NAME.partial-PID@HOST-XXXX``), so on a folder
+shared by several nodes (a cache on NFS) no run removes another node's
+sibling that is still being written: its PID means nothing here.
 
 **The output-safety rule** (:func:`check_output`, called by every command
 before its long work starts): the program never deletes or replaces what it
@@ -29,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,18 +107,22 @@ def claim_folder(path: PathLike, command: str, *, inputs: Iterable[PathLike] = (
 # -- atomic writes -----------------------------------------------------------------
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
 def _partial_prefix(target: Path) -> str:
-    return f".{target.name}.partial-{os.getpid()}-"
+    return f".{target.name}.partial-{os.getpid()}@{_host()}-"
 
 
 def _remove_stale_partials(target: Path) -> None:
-    """Remove temporary siblings of ``target`` left by runs that were killed (their process is gone)."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.partial-(\d+)-")
+    """Remove temporary siblings of ``target`` left by this host's runs that were killed (their process is gone)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.partial-(\d+)(?:@([^-]+))?-")
     if not target.parent.is_dir():
         return
     for sibling in target.parent.iterdir():
         found = pattern.match(sibling.name)
-        if found and not _alive(int(found.group(1))):
+        if found and found.group(2) in (None, _host()) and not _alive(int(found.group(1))):
             discard(sibling)
 
 

@@ -22,6 +22,41 @@ TWO_PROCESSES = [str(Path(sys.executable).parent / "accelerate"), "launch", "--m
                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def two_machines(port: int, processes_each: int = 1) -> list[list[str]]:
+    """The `accelerate launch` prefixes of two "machines" on 127.0.0.1 (ranks 0 and 1), to be started together."""
+    total = str(2 * processes_each)
+    return [[str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", total,
+             "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+             "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+            for rank in (0, 1)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_together(commands, timeout=600, **kwargs) -> list:
+    """Start every command at once (the machines of one job), wait for all; returns their CompletedProcess."""
+    import subprocess
+
+    started = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+               for command in commands]
+    results = []
+    for process, command in zip(started, commands):
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in started:
+                other.kill()
+            raise
+        results.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+    return results
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The materialised SmolLM2-135M-Instruct checkpoint (built once, cached)."""

@@ -65,6 +65,22 @@ def test_eval_benchmark_agrees_with_the_plain_evaluation(run_benchmark, tiny_mod
     assert max(result["max_reward_diff"].values()) < 1e-3
 
 
+def test_gpu_check_runs_on_cpu_with_a_tiny_model(run_benchmark):
+    """benchmarks/gpu_check.py's CPU mode: every field docs/benchmarks.md documents, from a real run of both trainers."""
+    result = run_benchmark("benchmarks.gpu_check", "--device", "cpu", "--tiny", "--pairs", 4, "--batch-size", 2,
+                           "--steps", 1)
+    assert (result["device"], result["dtype"], result["loss_tolerance"]) == ("cpu", "bf16", 0.05)
+    [(name, entry)] = result["models"].items()
+    assert name == "tiny" and entry["attn_implementation"] == "sdpa" and entry["packed_forward_ran"] is True
+    assert entry["losses_within_tolerance"] and len(entry["losses"]["stock"]) == len(entry["losses"]["packed"]) == 1
+    assert entry["speed_ratio"] > 0 and set(entry["tokens_per_s"]) == {"stock", "packed"}
+    assert entry["peak_gib"] == {"stock": None, "packed": None} and entry["mfu_estimate"] is None  # CPU: not measured
+    assert sorted(entry["long_pairs"], key=int) == ["256", "1024"]
+    for long in entry["long_pairs"].values():
+        assert long["packed_forward_ran"] and long["losses_within_tolerance"]
+    assert entry["prefix_masks"]["agree"] is True and entry["prefix_masks"]["device"] == "cpu"
+
+
 def test_demo_sweep_scores_each_checkpoint_on_the_held_out_pairs(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import demo_sweep

@@ -156,3 +156,70 @@ def test_entries_are_safetensors_with_a_checksum(tmp_path):
     chosen, rejected = cache.load(key, 2)
     assert chosen.tolist() == [-1.5, -2.0] and rejected.tolist() == [-3.0, -4.25]
     assert cache.load(key, 3) is None  # wrong number of pairs
+
+
+# A process that stores one entry under KEY in the folder argv[1], argv[2] times in a row (or, with argv[3] ==
+# "hang", writes half of it and waits to be killed).
+WRITER = """
+import sys, time, torch
+from pathlib import Path
+import safetensors.torch
+from dpo_plugins.adapters import ref_cache
+
+key = ref_cache.RefCacheKey("d", "m", "t", None, "keep_start")
+cache = ref_cache.RefLogpsCache(Path(sys.argv[1]))
+if sys.argv[3:] == ["hang"]:
+    def half_then_hang(tensors, path, metadata=None):
+        Path(path).write_bytes(safetensors.torch.save(tensors, metadata=metadata)[:100])
+        print("writing", flush=True)
+        time.sleep(600)
+    safetensors.torch.save_file = half_then_hang
+for _ in range(int(sys.argv[2])):
+    cache.store(key, torch.arange(1000, dtype=torch.float64), -torch.arange(1000, dtype=torch.float64))
+"""
+KEY = ref_cache.RefCacheKey("d", "m", "t", None, "keep_start")
+
+
+def test_two_processes_writing_one_entry_at_once_never_show_a_reader_half_of_it(tmp_path, caplog):
+    """Two runs storing the same entry at once: every read finds nothing or the whole entry; no file is left over.
+
+    (A reader that met a half-written file would log it as unreadable or mismatched and recompute.)
+    """
+    import subprocess
+    import sys
+
+    caplog.set_level(logging.WARNING, logger="dpo_plugins.ref_cache")
+    cache = ref_cache.RefLogpsCache(tmp_path)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "60"]) for _ in range(2)]
+    reads = []
+    while any(writer.poll() is None for writer in writers):
+        reads.append(cache.load(KEY, 1000))
+    assert [writer.wait() for writer in writers] == [0, 0]
+    assert caplog.records == []
+    found = [read for read in reads if read is not None]
+    assert found, "no read happened while the entry existed"
+    for chosen, rejected in found + [cache.load(KEY, 1000)]:
+        assert chosen.tolist() == list(range(1000)) and rejected.tolist() == [-v for v in range(1000)]
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path(KEY).name]
+
+
+def test_a_killed_writer_leaves_no_entry_and_the_next_run_recomputes_and_cleans_up(tmp_path, caplog):
+    import signal
+    import subprocess
+    import sys
+
+    cache = ref_cache.RefLogpsCache(tmp_path)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "1", "hang"], stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    [partial] = tmp_path.iterdir()
+    assert partial.name.startswith(f".{cache.path(KEY).name}.partial-{writer.pid}@")
+    assert cache.load(KEY, 1000) is None  # the half-written file is never read as the entry
+    # Another node's sibling (same folder on a shared file system) is not this host's to remove.
+    foreign = tmp_path / f".{cache.path(KEY).name}.partial-{writer.pid}@another.node-abcd"
+    foreign.write_bytes(b"still being written over there")
+    chosen, rejected, hit = cache.get_or_compute(KEY, 2, lambda: (torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -4.0])))
+    assert not hit and chosen.tolist() == [-1.0, -2.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cache.path(KEY).name, foreign.name])

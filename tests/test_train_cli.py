@@ -119,6 +119,27 @@ def test_unsupported_combinations_are_errors(tmp_path, capsys, pairs_file, argv,
     assert message in capsys.readouterr().err
 
 
+def test_fsdp_or_deepspeed_without_gpus_is_refused_not_silently_ddp(tmp_path, capsys, pairs_file, monkeypatch):
+    """accelerate enables FSDP / DeepSpeed only for a GPU launch; on CPU `dpo train` refuses them before loading.
+
+    (`accelerate launch --config_file examples/distributed/fsdp2.yaml` sets ACCELERATE_USE_FSDP; without
+    this check the two processes trained with DDP and reported nothing.)
+    """
+    import importlib.util
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert cli.main(["train", "--data", str(pairs_file), "--output-dir", str(out)]) == 1
+    assert "FSDP needs GPUs: accelerate enables it only for a GPU launch" in capsys.readouterr().err
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert cli.main(["train", "--data", str(pairs_file), "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "DeepSpeed needs GPUs" in err
+    assert ("DeepSpeed is not installed: pip install deepspeed" in err) == (importlib.util.find_spec("deepspeed") is None)
+    assert not out.exists()
+
+
 PLUGIN_MODULE = """
 import torch.nn.functional as F
 from dpo_plugins import Loss, hookimpl
@@ -214,31 +235,76 @@ def test_sft_first_then_dpo_against_the_sft_model(tmp_path, tiny_model_dir, pair
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, pairs_file):
-    """accelerate launch runs `dpo train` unchanged; DDP over 2 CPU processes == 1 process, step by step.
+def test_two_processes_and_two_machines_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir):
+    """accelerate launch runs `dpo train` and `dpo eval` unchanged; DDP == one process on the same global batch.
 
-    Two processes run the reference in each step by default; with the reference precomputed they both score
-    every pair into the one cache entry. Either way the losses are the single process's.
+    Six pairs at 4 a step: step 1 trains 4, step 2 the other 2 (one process) -- which accelerate pads
+    with 2 of step 1's pairs under several processes, weighed 0 by `dpo train` (adapters/padded_batches.py)
+    -- and step 3 starts epoch 2. Two processes on one machine run the reference in each step (the
+    default there); two accelerate "machines" on 127.0.0.1 use the reference log-probs precomputed
+    together into one fresh cache entry, then `dpo eval` the trained model. Every process trains with
+    the packed forward, run through the DDP wrapper (adapters/ddp_forward.py).
+    Losses, metrics and the saved weights equal the single process's to 1e-5.
     """
-    common = ["--model", str(tiny_model_dir), "--data", str(pairs_file), "--max-steps", "3", "--logging-steps", "1",
-              "--learning-rate", "1e-3", "--save-strategy", "no", "--disable-tqdm", "true", "--seed", "3"]
-    single = subprocess.run([sys.executable, "-m", "dpo_plugins", "train", *common, "--output-dir",
-                             str(tmp_path / "one"), "--per-device-train-batch-size", "4"],
-                            capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr
-    for name, extra in (("two", []), ("two-precomputed", ["--precompute-ref-log-probs", "true"])):
-        double = subprocess.run([*TWO_PROCESSES, "-m", "dpo_plugins", "train", *common, *extra, "--output-dir",
-                                 str(tmp_path / name), "--per-device-train-batch-size", "2"],
-                                capture_output=True, text=True, timeout=600)
-        assert double.returncode == 0, double.stderr
-        assert ("reference log-probs for train" in double.stderr) == bool(extra)
-    one = step_losses(tmp_path / "one")
-    assert len(one) == 3 and len(set(one)) > 1
-    for name in ("two", "two-precomputed"):
-        assert step_losses(tmp_path / name) == pytest.approx(one, abs=1e-4, rel=0), name
-    # Both processes contributed: the gathered token counts equal the single process's.
-    tokens = [[e["num_tokens"] for e in log_history(tmp_path / run) if "loss" in e] for run in ("one", "two")]
-    assert tokens[0] == tokens[1]
+    from safetensors.torch import load_file
+
+    from conftest import free_port, run_together, two_machines
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in conversational_rows()[:6]))
+    # Plain SGD: AdamW's first update lr * g / (|g| + eps) turns DDP's float32 rounding of near-zero gradients
+    # into 1e-4 weight differences (tests/test_loss_parity.py); SGD compares what the trainers compute.
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "3", "--logging-steps", "1",
+              "--optim", "sgd", "--learning-rate", "0.5", "--beta", "0.5", "--save-strategy", "no",
+              "--disable-tqdm", "true", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(prefix, name, batch, *extra):
+        return [*prefix, "-m", "dpo_plugins", "train", *common, *extra, "--output-dir", str(tmp_path / name),
+                "--per-device-train-batch-size", str(batch)]
+
+    single = subprocess.run(train([sys.executable], "one", 4), capture_output=True, text=True, timeout=600, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = subprocess.run(train(TWO_PROCESSES, "two", 2), capture_output=True, text=True, timeout=600, env=env)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert "reference log-probs for train" not in double.stderr
+    assert "forward: packed" in double.stderr and "forward: TRL" not in double.stderr  # through the DDP wrapper
+    machines_env = {**env, "DPO_PLUGINS_CACHE": str(tmp_path / "machines-cache")}
+    (tmp_path / "machines-cache").mkdir()
+    (tmp_path / "machines-cache" / "smollm2-135m-instruct").symlink_to(
+        Path(os.environ["DPO_PLUGINS_CACHE"]) / "smollm2-135m-instruct")
+    machines = run_together([train(prefix, "machines", 2, "--precompute-ref-log-probs", "true")
+                             for prefix in two_machines(free_port())], env=machines_env)
+    for result in machines:
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "reference log-probs for train: computed and cached" in machines[0].stderr
+    assert all("forward: packed" in result.stderr for result in machines)
+    assert len(list((tmp_path / "machines-cache" / "ref-logps").iterdir())) == 1  # written once
+
+    one = [entry for entry in log_history(tmp_path / "one") if "loss" in entry]
+    assert len(one) == 3 and len({round(entry["loss"], 4) for entry in one}) == 3
+    assert one[1]["num_tokens"] - one[0]["num_tokens"] < one[0]["num_tokens"]  # step 2: the 2 remaining pairs
+    weights = load_file(tmp_path / "one" / "model.safetensors")
+    for name in ("two", "machines"):
+        logs = [entry for entry in log_history(tmp_path / name) if "loss" in entry]
+        for key in ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/margins", "num_tokens"):
+            assert [e[key] for e in logs] == pytest.approx([e[key] for e in one], abs=1e-5, rel=1e-5), (name, key)
+        trained = load_file(tmp_path / name / "model.safetensors")
+        assert max((trained[key] - weights[key]).abs().max().item() for key in weights) < 1e-5, name
+
+    # dpo eval of the trained model, one process against two machines: the same report.
+    evaluate = ["-m", "dpo_plugins", "eval", "--model", str(tmp_path / "one"), "--ref", str(tiny_model_dir),
+                "--data", str(data), "--batch-size", "2", "--no-progress", "--report"]
+    alone = subprocess.run([sys.executable, *evaluate, str(tmp_path / "eval-one")], capture_output=True, text=True,
+                           timeout=600, env=machines_env)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for result in run_together([[*prefix, *evaluate, str(tmp_path / "eval-machines")]
+                                for prefix in two_machines(free_port())], env=machines_env):
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "eval-one" / "pairs.jsonl").read_text() == (tmp_path / "eval-machines" / "pairs.jsonl").read_text()
+    reports = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("eval-one", "eval-machines")]
+    assert (reports[0].pop("processes"), reports[1].pop("processes")) == (1, 2)
+    assert reports[0] == reports[1]
 
 
 def test_the_reference_is_computed_once_and_a_beta_sweep_reads_it_from_disk(tmp_path, tiny_model_dir, pairs_file,

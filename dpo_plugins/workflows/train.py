@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from dpo_plugins.adapters.distributed import world_size
+from dpo_plugins.adapters.distributed import engine_problems, world_size
 from dpo_plugins.atomic import check_output
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
 from dpo_plugins.params import parse_key_values
@@ -182,6 +182,7 @@ def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, 
     # (reference log-probs computed once and cached on disk when the losses use a reference).
     dpo_defaults.setdefault("precompute_ref_log_probs", None)
     problems += _apply_hosted(hosted, dpo_defaults, where)
+    problems += engine_problems(dpo_defaults, extra, gpu and not dpo_defaults["use_cpu"])
     if problems:
         raise DpoPluginsError("\n".join(problems))
 
