@@ -26,17 +26,17 @@ def model(tokenizer):
 
 def compute_counting(model, tokenizer, cache, pairs=PAIRS, **kwargs):
     calls = []
-    original = ref_cache.pair_logps
+    original = ref_cache.packed_pair_logps
 
     def counting(*args, **kw):
         calls.append(1)
         return original(*args, **kw)
 
-    ref_cache.pair_logps = counting
+    ref_cache.packed_pair_logps = counting
     try:
         chosen, rejected, hit = ref_cache.reference_logps(model, tokenizer, pairs, cache=cache, **kwargs)
     finally:
-        ref_cache.pair_logps = original
+        ref_cache.packed_pair_logps = original
     return chosen, rejected, hit, len(calls)
 
 
