@@ -30,6 +30,7 @@ LOSS_CASES = [
     (["ipo"], None, {}),
     (["exo_pair"], None, {"label_smoothing": 1e-3}),
     (["nca_pair"], None, {}),
+    (["robust"], None, {}),  # TRL's default label_smoothing (0.0)
     (["robust"], None, {"label_smoothing": 0.2}),
     (["bco_pair"], None, {}),
     (["sppo_hard"], None, {}),
@@ -37,7 +38,7 @@ LOSS_CASES = [
     (["aot_unpaired"], None, {"per_device_train_batch_size": 4}),
     (["apo_zero"], None, {}),
     (["apo_down"], None, {}),
-    (["discopop"], None, {"discopop_tau": 1.0}),  # its curvature grows as 1/tau^2: see STEEP
+    (["discopop"], None, {"discopop_tau": 1.0}),
     (["sft"], None, {}),
     (["sigmoid_norm"], None, {}),
     # weighted combinations: TRL's rpo_alpha replacement, and the MPO recipe
@@ -184,11 +185,7 @@ def test_two_gloo_processes_train_exactly_like_stock_trl_under_two(tmp_path, tin
     over 3 steps the tiny policy ranks the pairs' log-ratios as the reference does, so every sort
     pairs each log-ratio with its own reference and the per-process and global losses coincide.
     """
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in conversational_rows()))
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--loss", loss, "--max-steps", "3",
-              "--logging-steps", "1", "--learning-rate", "1e-2", "--beta", "0.5", "--save-strategy", "no",
-              "--disable-tqdm", "true", "--seed", "3", "--gradient-checkpointing", "false"]
+    common = cli_argv(tmp_path, tiny_model_dir, loss)
     runs = {
         "ours-two": [*TWO_PROCESSES, "-m", "dpo_plugins", "train", "--per-device-train-batch-size", "2"],
         "stock-two": [*TWO_PROCESSES, str(Path(__file__).parent / "stock_dpo_train.py"),
@@ -201,8 +198,7 @@ def test_two_gloo_processes_train_exactly_like_stock_trl_under_two(tmp_path, tin
         result = subprocess.run([*command, *common, "--output-dir", str(tmp_path / name)], capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        state = json.loads((tmp_path / name / "trainer_state.json").read_text())
-        logs[name] = [entry for entry in state["log_history"] if "loss" in entry]
+        logs[name] = logged_steps(tmp_path / name)
     ours, stock = logs["ours-two"], logs["stock-two"]
     assert len(ours) == len(stock) == 3 and len({round(e["loss"], 4) for e in ours}) == 3
     assert [e["loss"] for e in ours] == pytest.approx([e["loss"] for e in stock], abs=1e-4, rel=0)
@@ -210,3 +206,85 @@ def test_two_gloo_processes_train_exactly_like_stock_trl_under_two(tmp_path, tin
     if "ours-one" in logs:
         # More than twice the tolerance: a global-batch version of the loss would fail the comparison above.
         assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ours, logs["ours-one"])) > 2e-4
+
+
+# -- TRL's loss fields (label_smoothing, discopop_tau) as a TRL config sets them -------------------------
+
+
+def cli_argv(tmp_path, model_dir, loss, *extra):
+    """`dpo train` flags for 3 logged steps of ``loss`` on the tiny pairs (without --output-dir)."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in conversational_rows()))
+    return ["--model", str(model_dir), "--data", str(data), "--loss", loss, "--max-steps", "3",
+            "--logging-steps", "1", "--learning-rate", "1e-2", "--beta", "0.5", "--save-strategy", "no",
+            "--disable-tqdm", "true", "--seed", "3", "--gradient-checkpointing", "false", *extra]
+
+
+def logged_steps(output_dir):
+    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
+    return [entry for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.mark.parametrize("extra", [[], ["--label-smoothing", "0"], ["--label-smoothing", "0.2"]],
+                         ids=["trl-default", "explicit-0", "explicit-0.2"])
+def test_dpo_train_robust_equals_stock_trl_on_the_same_flags(tmp_path, tiny_model_dir, extra):
+    """`dpo train --loss robust` and stock DPOTrainer on the DPOConfig the same flags build: TRL's default
+    label_smoothing (0.0, which makes robust the sigmoid loss) and an explicit value, 0 included, reach the loss."""
+    from dpo_plugins import cli
+    from stock_dpo_train import main as stock_dpo_train
+
+    common = cli_argv(tmp_path, tiny_model_dir, "robust", *extra)
+    assert cli.main(["train", *common, "--output-dir", str(tmp_path / "ours")]) == 0
+    stock_dpo_train([*common, "--output-dir", str(tmp_path / "stock")])
+    ours, stock = logged_steps(tmp_path / "ours"), logged_steps(tmp_path / "stock")
+    assert len(ours) == len(stock) == 3 and len({round(e["loss"], 4) for e in ours}) == 3
+    assert [e["loss"] for e in ours] == pytest.approx([e["loss"] for e in stock], abs=1e-5, rel=0)
+    # AdamW (dpo train's default) lifts the cached float64 reference's rounding on near-zero gradients into the
+    # weights: the step-3 grad_norm differs by 6.2e-5 relative (measured), the tolerance of the gloo test above.
+    assert [e["grad_norm"] for e in ours] == pytest.approx([e["grad_norm"] for e in stock], abs=0, rel=1e-4)
+
+
+def test_trl_loss_fields_reach_the_losses_whatever_their_value_and_explicit_params_win(tmp_path):
+    """The DPOConfig value is the loss's, as TRL's loss chain reads it: set or not, 0 or not."""
+    from dpo_plugins.adapters.loss_selection import select_losses
+    from dpo_plugins.workflows.train import build_settings
+    from dpo_plugins import cli
+
+    def bound(*argv):
+        args, extra = cli.build_parser().parse_known_args(["train", "--output-dir", str(tmp_path), *argv])
+        settings = build_settings(args, extra)
+        return [dict(term.params) for term in select_losses(settings.dpo, settings.options.loss_param, False)]
+
+    config = tmp_path / "robust.yaml"
+    config.write_text("loss: [robust, discopop]\nlabel_smoothing: 0.3\ndiscopop_tau: 0.5\n")
+    assert bound("--loss", "robust") == [{"label_smoothing": 0.0}]
+    assert bound("--loss", "robust", "--label-smoothing", "0") == [{"label_smoothing": 0.0}]
+    assert bound("--config", str(config)) == [{"label_smoothing": 0.3}, {"discopop_tau": 0.5}]
+    assert bound("--config", str(config), "--label-smoothing", "0") == [{"label_smoothing": 0.0}, {"discopop_tau": 0.5}]
+    assert bound("--config", str(config), "--loss-param", "label_smoothing=0") == [{"label_smoothing": 0.0},
+                                                                                   {"discopop_tau": 0.5}]
+    assert bound("--loss", "discopop") == [{"discopop_tau": 0.05}]
+
+
+def test_the_trl_named_losses_default_to_dpoconfig_and_refuse_what_trl_refuses(tokenizer, tmp_path):
+    """Every built-in TRL loss declares TRL's DPOConfig defaults; exo_pair at TRL's label_smoothing (0.0) is
+    refused by stock DPOTrainer and here, before any model loads."""
+    import dataclasses
+
+    from trl import DPOConfig, DPOTrainer
+
+    from dpo_plugins.adapters.loss_selection import select_losses
+    from dpo_plugins.default_plugins.losses import TRL_LOSSES
+    from dpo_plugins.errors import DpoPluginsError
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DPOConfig)}
+    for name, _, params, _, _ in TRL_LOSSES:
+        assert {key: defaults[key] for key in params} == dict(params), name
+    args = dpo_config(tmp_path, "exo", loss_type=["exo_pair"])
+    with pytest.raises(ValueError, match="Label smoothing must be greater than 0.0"):
+        make_trainer(DPOTrainer, tokenizer, args)
+    with pytest.raises(DpoPluginsError, match=r"exo_pair needs label_smoothing in \(0, 1\), got 0.0"):
+        select_losses(args, None, True)
+    args.label_smoothing, args.loss_type = 0.5, ["robust"]
+    with pytest.raises(DpoPluginsError, match=r"robust needs label_smoothing in \[0, 0.5\), got 0.5"):
+        select_losses(args, None, True)
