@@ -175,10 +175,8 @@ def test_lora_trains_saves_an_adapter_and_resumes_after_a_kill(tmp_path, tiny_mo
             "--disable-tqdm", "true"]
     first = subprocess.Popen([sys.executable, "-m", "dpo_plugins", *argv], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint-2" / "trainer_state.json").is_file():
+    while not (out / "checkpoint-2" / "trainer_state.json").is_file():  # the run ends (4 steps): no clock needed
         assert first.poll() is None, "the first run ended before writing checkpoint-2"
-        assert time.monotonic() < deadline
         time.sleep(0.1)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
