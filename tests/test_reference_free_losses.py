@@ -3,9 +3,10 @@
 A real CPOTrainer / ORPOTrainer (tiny model, real tokenizer) tokenizes and
 collates a batch and computes its own loss; the plugin loss then sees the
 same tokens through a :class:`LossBatch` built from one plain forward of the
-same model, and must give the same number within 1e-5. Then training: 3 steps
-of stock CPOTrainer / ORPOTrainer against :class:`PluginDPOTrainer` on text
-pairs both tokenize alike, per-step losses and gradients within 1e-5.
+same model, and must give the same number within 1e-5. Then training: 3 SGD
+steps of stock CPOTrainer / ORPOTrainer against :class:`PluginDPOTrainer`
+(its default, packed forward) on text pairs both tokenize alike, per-step
+losses and gradients within 1e-5 (AlphaPO: 5e-5, see ``TOLERANCE``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ TRAINING_CASES = {
                 "alphapo", {"alpha": 0.25, "gamma": 0.5}, dict(beta=2.0)),
     "orpo": ("orpo", dict(beta=0.2), "orpo", {}, dict(beta=0.2)),
 }
+# AlphaPO's reward (1 - p^-alpha) / alpha of the per-token mean probability p has slope beta * p^-alpha in
+# log p: at the tiny random model's log p of about -10.8 (a 49k vocabulary) that is 2 * e^2.7 = 30, so the
+# float32 rounding of the two forwards' sums (packed here, TRL's padded batch there) reaches the losses 30
+# times larger. Measured: per-step losses 8.8e-6 (2.4e-5 at lr 0.05), gradients 4.6e-6, grad_norm 2.5e-6
+# relative. The others: losses 1.9e-6, gradients 1.5e-7, grad_norm 5.4e-7 relative (1e-5).
+TOLERANCE = {"alphapo": 5e-5}
 # The loss's own metrics, logged by TRL as KEY and here as LOSS/KEY.
 SHARED_METRICS = ("nll_loss", "log_odds_ratio", "log_odds_chosen")
 
@@ -161,10 +168,11 @@ def test_three_steps_train_exactly_like_stock_cpo_and_orpo_trainers(tokenizer, t
     ours = make_trainer(PluginDPOTrainer, tokenizer, dpo_config(tmp_path, "ours", loss_type=[loss], **common,
                                                                 **dpo_settings),
                         with_reference=False, rows=rows, loss_params=loss_params)
-    stock_logs, our_logs = assert_same_steps(stock, ours)
+    tolerance = TOLERANCE.get(case, 1e-5)
+    stock_logs, our_logs = assert_same_steps(stock, ours, tolerance=tolerance)
     for stock_entry, our_entry in zip(stock_logs, our_logs):
-        assert our_entry["grad_norm"] == pytest.approx(stock_entry["grad_norm"], abs=1e-5, rel=1e-5)
+        assert our_entry["grad_norm"] == pytest.approx(stock_entry["grad_norm"], abs=tolerance, rel=tolerance)
         shared = [key for key in SHARED_METRICS if f"{loss}/{key}" in our_entry]
         assert set(shared) <= stock_entry.keys() and bool(shared) == (loss in ("cpo", "orpo"))
         for key in shared:
-            assert our_entry[f"{loss}/{key}"] == pytest.approx(stock_entry[key], abs=1e-5, rel=1e-5), key
+            assert our_entry[f"{loss}/{key}"] == pytest.approx(stock_entry[key], abs=tolerance, rel=tolerance), key
