@@ -113,6 +113,8 @@ def test_unknown_flags_and_bad_data_are_clear_errors(tmp_path, capsys, pairs_fil
     (["--loss", "sigmoid", "--loss-type", "ipo"], "give the losses once"),
     (["--eval-strategy", "steps"], "eval_strategy='steps' needs --eval-data"),
     (["--resume-from-checkpoint", "last"], "--resume-from-checkpoint last: no complete checkpoint-* directory in"),
+    (["--loss", "exo_pair"], "exo_pair needs label_smoothing in (0, 1), got 0.0 (TRL refuses 0 too"),
+    (["--loss", "robust", "--label-smoothing", "0.5"], "robust needs label_smoothing in [0, 0.5), got 0.5"),
 ])
 def test_unsupported_combinations_are_errors(tmp_path, capsys, pairs_file, argv, message):
     assert cli.main(["train", "--data", str(pairs_file), "--output-dir", str(tmp_path / "out"), *argv]) == 1
