@@ -205,7 +205,9 @@ def simpo(batch, beta, gamma=0.5, **params):
     return -F.logsigmoid(beta * gap - gamma)
 
 
-# name, fn, params, modifiers, description; all need a reference except where noted below.
+# name, fn, params, modifiers, description; all need a reference except where noted below. A parameter
+# named after a DPOConfig field defaults to TRL's default for it (label_smoothing 0.0, discopop_tau 0.05):
+# the run's DPOConfig value reaches it in any case (adapters/loss_selection.py).
 TRL_LOSSES = (
     ("sigmoid", sigmoid, {}, SCORED, "DPO: -log sigmoid(beta * margin)"),
     ("hinge", hinge, {}, SCORED, "SLiC hinge: max(0, 1 - beta * margin)"),
