@@ -18,8 +18,9 @@ from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.params import typed_like
 from dpo_plugins.plugins import get_loss
 
-# DPOConfig fields that only TRL's own loss chain reads. A non-default value is
-# handed to the selected losses that declare a parameter of the same name.
+# DPOConfig fields that only TRL's own loss chain reads. TRL reads them always, so their value (TRL's
+# default included) is handed to every selected loss that declares a parameter of the same name; a
+# value other than TRL's default that no selected loss declares is an error.
 TRL_LOSS_FIELDS = ("label_smoothing", "discopop_tau")
 
 
@@ -62,7 +63,8 @@ def resolve_losses(
     error. String values (from the command line) are converted to the type
     of the declared default. ``inherited`` holds values from TRL's own config
     fields (``label_smoothing``); they apply like ``params`` but only where a
-    loss declares them, and explicit ``params`` win. Every problem is listed.
+    loss declares them (one at TRL's default that none declares is ignored),
+    and explicit ``params`` win. Every problem is listed.
     """
     names = list(names)
     if not names:
@@ -79,6 +81,8 @@ def resolve_losses(
             target, _, param = key.rpartition(".")
             hits = [i for i, spec in enumerate(specs) if param in spec.params and target in ("", spec.name)]
             if not hits:
+                if source == "inherited" and value == _trl_default(key):
+                    continue
                 if source == "explicit":
                     declared = "; ".join(f"{s.name}: {', '.join(s.params) or 'none'}" for s in specs)
                     problems.append(f"loss parameter {key!r} is not declared by the selected losses ({declared})")
@@ -102,16 +106,34 @@ def resolve_losses(
 
 
 def inherited_loss_params(args) -> dict[str, Any]:
-    """TRL loss fields the user changed from DPOConfig's defaults."""
-    defaults = {f.name: f.default for f in dataclasses.fields(DPOConfig)}
-    return {name: getattr(args, name) for name in TRL_LOSS_FIELDS if getattr(args, name) != defaults[name]}
+    """DPOConfig's TRL loss fields, set or not: TRL's loss chain reads them whatever they are, so a
+    ``loss_type: robust`` config gets TRL's ``label_smoothing`` (0.0) here too, and an explicit 0 stays 0."""
+    return {name: getattr(args, name) for name in TRL_LOSS_FIELDS}
+
+
+def _trl_default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(DPOConfig) if f.name == name)
+
+
+def trl_value_problems(terms: Sequence[LossTerm]) -> list[str]:
+    """The parameter values ``DPOTrainer.__init__`` refuses for its own loss names, checked before any model
+    loads (the plugin trainer shows TRL only settings it accepts, so TRL's own check never sees them)."""
+    problems = []
+    for term in terms:
+        smoothing = term.params.get("label_smoothing")
+        if term.name == "exo_pair" and not 0.0 < smoothing < 1.0:
+            problems.append(f"exo_pair needs label_smoothing in (0, 1), got {smoothing} (TRL refuses 0 too; "
+                            "the EXO paper uses 1e-3: --label-smoothing 1e-3)")
+        if term.name == "robust" and not 0.0 <= smoothing < 0.5:
+            problems.append(f"robust needs label_smoothing in [0, 0.5), got {smoothing}")
+    return problems
 
 
 def unsupported_options(args, terms: Sequence[LossTerm], ref_model_given: bool) -> list[str]:
     """TRL options that would silently not apply to plugin losses, or that contradict the losses."""
     from .modifiers import modifier_problems  # the modifiers the selected losses opt into
 
-    problems = modifier_problems(args, terms)
+    problems = modifier_problems(args, terms) + trl_value_problems(terms)
     if not any(term.needs_reference for term in terms):
         names = ", ".join(term.name for term in terms)
         if ref_model_given:

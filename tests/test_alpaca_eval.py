@@ -16,15 +16,14 @@ import logging
 from pathlib import Path
 
 import pytest
+from alpaca_eval.metrics import get_winrate
+from alpaca_eval.metrics import glm_winrate as glm
 
 from dpo_plugins.cli import main
 from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.evals.annotations import read_judgments, write_alpaca_eval
 from dpo_plugins.evals.length_control import MINIMAL, NOREG, V1, length_controlled, read_difficulty_table
 from dpo_plugins.evals.preferences import head_to_head
-
-glm = pytest.importorskip("alpaca_eval.metrics.glm_winrate")
-from alpaca_eval.metrics import get_winrate  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "alpaca_eval" / "annotations.json"
 logging.getLogger().setLevel(logging.WARNING)  # AlpacaEval logs every dropped null at INFO

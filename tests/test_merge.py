@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -167,24 +166,27 @@ parameters:
         assert result[name].equal(2.0 * tensor), name
 
 
-def test_a_misspelled_method_fails_in_seconds_with_a_suggestion_and_writes_nothing(parents, tmp_path, run_dpo):
+def test_a_misspelled_method_fails_before_any_weight_is_read_with_a_suggestion_and_writes_nothing(
+        parents, tmp_path, run_dpo):
+    """The parents' weight files are garbage: reading one would be a second error (or another one)."""
+    for name in ("a", "b"):
+        shutil.copytree(parents / name, tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_bytes(b"not weights: a read would fail")
     config = write_config(tmp_path / "merge.yaml", f"""
 merge_method: slrep
-base_model: {parents / "a"}
+base_model: {tmp_path / "a"}
 models:
-  - model: {parents / "a"}
-  - model: {parents / "b"}
+  - model: {tmp_path / "a"}
+  - model: {tmp_path / "b"}
 parameters:
   t: 0.5
 """)
-    started = time.perf_counter()
     result = run_dpo("merge", "--config", config, "--output", tmp_path / "out")
-    elapsed = time.perf_counter() - started
     assert result.returncode == 1
-    assert f"{config}:2: merge_method: unknown merge method 'slrep'; did you mean 'slerp'?" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["merge.yaml"]
-    assert elapsed < 60, f"took {elapsed:.1f}s"  # ~10 s of which ~8 s importing torch/transformers/peft
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"dpo merge: error: {config}:2: merge_method: unknown merge method 'slrep'; "
+                           "did you mean 'slerp'? (available: "), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "merge.yaml"]
 
 
 def test_every_problem_is_listed_with_its_line_before_any_weight_is_read(parents, tmp_path, tokenizer):

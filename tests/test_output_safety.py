@@ -116,8 +116,7 @@ def _dpo(*argv, **kwargs):
 def test_an_interrupt_removes_temporary_output_and_says_so_in_one_line(tmp_path, sig, code, name):
     source, out = _big_input(tmp_path, copies=200_000), tmp_path / "out.jsonl"
     process = _dpo("convert", source, out, "--to", "hf")
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.jsonl.partial-*")) and process.poll() is None and time.monotonic() < deadline:
+    while not list(tmp_path.glob(".out.jsonl.partial-*")) and process.poll() is None:  # it ends by itself
         time.sleep(0.05)
     assert process.poll() is None, "the conversion finished before it could be interrupted"
     process.send_signal(sig)

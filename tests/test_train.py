@@ -53,15 +53,16 @@ def dpo_config(tmp_path, name, **overrides):
     return DPOConfig(**settings)
 
 
-def make_trainer(trainer_class, tokenizer, args, with_reference=True, **kwargs):
+def make_trainer(trainer_class, tokenizer, args, with_reference=True, rows=None, **kwargs):
+    """``trainer_class`` on a fresh tiny model (seed 0) and ``rows`` (default: the conversational pairs)."""
     from datasets import Dataset
 
-    ref_model = build_tiny_model(tokenizer) if with_reference else None
+    if with_reference:
+        kwargs["ref_model"] = build_tiny_model(tokenizer)
     return trainer_class(
         model=build_tiny_model(tokenizer),
-        ref_model=ref_model,
         args=args,
-        train_dataset=Dataset.from_list(conversational_rows()),
+        train_dataset=Dataset.from_list(rows or conversational_rows()),
         processing_class=tokenizer,
         **kwargs,
     )
@@ -94,35 +95,41 @@ def train_recording(trainer, keep=lambda name: True):
     return recorder.steps
 
 
-def assert_same_training(stock, ours, keep=lambda name: True, ignore_metrics=()):
-    """Per-step losses, per-step gradients, final weights and TRL's metrics agree within 1e-5.
+def assert_same_steps(stock, ours, keep=lambda name: True, tolerance=1e-5):
+    """Train both: per-step losses and per-step gradients agree within ``tolerance``, final weights within 1e-4.
 
-    ``ignore_metrics``: logged keys left out of the comparison (e.g. rewards/* of a run without reference)."""
+    Returns the two runs' logged steps (stock's, ours)."""
     import torch
 
     stock_grads, our_grads = train_recording(stock, keep), train_recording(ours, keep)
     assert len(step_losses(stock)) == len(stock_grads) == stock.args.max_steps >= 3
-    assert step_losses(ours) == pytest.approx(step_losses(stock), abs=1e-5, rel=0)
+    assert step_losses(ours) == pytest.approx(step_losses(stock), abs=tolerance, rel=0)
     assert len(set(round(loss, 4) for loss in step_losses(ours))) > 1, "the model did not move"
     assert len(our_grads) == len(stock_grads)
     for stock_step, our_step in zip(stock_grads, our_grads):
         assert our_step.keys() == stock_step.keys() and stock_step
         for name, grad in stock_step.items():
-            torch.testing.assert_close(our_step[name], grad, rtol=0, atol=1e-5, msg=name)
+            torch.testing.assert_close(our_step[name], grad, rtol=0, atol=tolerance, msg=name)
     # The packed forward (the default) sums in another order: gradients agree to ~1e-6, and Adam's
     # g / sqrt(v) amplifies that on near-zero gradients, so the weights after 3 steps at lr 5e-3
     # agree to ~3e-5 (bitwise with packed_forward=False).
     for (name, ours_p), (_, stock_p) in zip(ours.model.named_parameters(), stock.model.named_parameters()):
         torch.testing.assert_close(ours_p, stock_p, rtol=0, atol=1e-4, msg=name)
-    stock_logs = [entry for entry in stock.state.log_history if "loss" in entry]
-    our_logs = [entry for entry in ours.state.log_history if "loss" in entry]
+    return ([entry for entry in run.state.log_history if "loss" in entry] for run in (stock, ours))
+
+
+def assert_same_training(stock, ours, keep=lambda name: True, ignore_metrics=(), tolerance=1e-5):
+    """Per-step losses, per-step gradients, final weights and TRL's metrics agree (``tolerance``: 1e-5).
+
+    ``ignore_metrics``: logged keys left out of the comparison (e.g. rewards/* of a run without reference)."""
+    stock_logs, our_logs = assert_same_steps(stock, ours, keep, tolerance)
     for stock_entry, our_entry in zip(stock_logs, our_logs):
         assert our_entry.keys() == stock_entry.keys()
         for key, value in stock_entry.items():
             if key in ignore_metrics:
                 continue
-            # float32 sums in another order (the packed forward): 1e-5 absolute or relative
-            assert our_entry[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
+            # float32 sums in another order (the packed forward): ``tolerance`` absolute or relative
+            assert our_entry[key] == pytest.approx(value, abs=tolerance, rel=tolerance), key
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,8 @@ def test_unknown_flags_and_bad_data_are_clear_errors(tmp_path, capsys, pairs_fil
     (["--loss", "sigmoid", "--loss-type", "ipo"], "give the losses once"),
     (["--eval-strategy", "steps"], "eval_strategy='steps' needs --eval-data"),
     (["--resume-from-checkpoint", "last"], "--resume-from-checkpoint last: no complete checkpoint-* directory in"),
+    (["--loss", "exo_pair"], "exo_pair needs label_smoothing in (0, 1), got 0.0 (TRL refuses 0 too"),
+    (["--loss", "robust", "--label-smoothing", "0.5"], "robust needs label_smoothing in [0, 0.5), got 0.5"),
 ])
 def test_unsupported_combinations_are_errors(tmp_path, capsys, pairs_file, argv, message):
     assert cli.main(["train", "--data", str(pairs_file), "--output-dir", str(tmp_path / "out"), *argv]) == 1
@@ -196,10 +198,8 @@ def test_lora_trains_saves_an_adapter_and_resumes_after_a_kill(tmp_path, tiny_mo
             "--disable-tqdm", "true"]
     first = subprocess.Popen([sys.executable, "-m", "dpo_plugins", *argv], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint-2" / "trainer_state.json").is_file():
+    while not (out / "checkpoint-2" / "trainer_state.json").is_file():  # the run ends (4 steps): no clock needed
         assert first.poll() is None, "the first run ended before writing checkpoint-2"
-        assert time.monotonic() < deadline
         time.sleep(0.1)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()

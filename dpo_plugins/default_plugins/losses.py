@@ -82,7 +82,7 @@ def ipo(batch, beta, **params):
     return (gap - 1 / (2 * beta)) ** 2
 
 
-def exo_pair(batch, beta, label_smoothing=1e-3, **params):
+def exo_pair(batch, beta, label_smoothing=0.0, **params):
     """EXO (Ji et al. 2024, Eq. 16): KL(p_theta || p_label) over {chosen, rejected}, label (1 - eps, eps)."""
     import torch
     import torch.nn.functional as F
@@ -104,7 +104,7 @@ def nca_pair(batch, beta, **params):
     return -F.logsigmoid(chosen) - 0.5 * F.logsigmoid(-chosen) - 0.5 * F.logsigmoid(-rejected)
 
 
-def robust(batch, beta, label_smoothing=0.1, **params):
+def robust(batch, beta, label_smoothing=0.0, **params):
     """Robust DPO (Chowdhury et al. 2024): unbiased under labels flipped with probability label_smoothing."""
     import torch.nn.functional as F
 
@@ -205,14 +205,16 @@ def simpo(batch, beta, gamma=0.5, **params):
     return -F.logsigmoid(beta * gap - gamma)
 
 
-# name, fn, params, modifiers, description; all need a reference except where noted below.
+# name, fn, params, modifiers, description; all need a reference except where noted below. A parameter
+# named after a DPOConfig field defaults to TRL's default for it (label_smoothing 0.0, discopop_tau 0.05):
+# the run's DPOConfig value reaches it in any case (adapters/loss_selection.py).
 TRL_LOSSES = (
     ("sigmoid", sigmoid, {}, SCORED, "DPO: -log sigmoid(beta * margin)"),
     ("hinge", hinge, {}, SCORED, "SLiC hinge: max(0, 1 - beta * margin)"),
     ("ipo", ipo, {}, SCORED, "IPO: (per-token margin - 1/(2 beta))^2"),
-    ("exo_pair", exo_pair, {"label_smoothing": 1e-3}, SCORED, "EXO: reverse KL to the label distribution (1 - eps, eps)"),
+    ("exo_pair", exo_pair, {"label_smoothing": 0.0}, SCORED, "EXO: reverse KL to the label distribution (1 - eps, eps)"),
     ("nca_pair", nca_pair, {}, LOGRATIO, "NCA: absolute rewards, chosen up and both pushed from the reference"),
-    ("robust", robust, {"label_smoothing": 0.1}, SCORED,
+    ("robust", robust, {"label_smoothing": 0.0}, SCORED,
      "Robust DPO: sigmoid loss debiased for label noise (label_smoothing = flip rate)"),
     ("bco_pair", bco_pair, {}, LOGRATIO, "BCO on pairs: -log sigma(beta r_w) - log sigma(-beta r_l)"),
     ("sppo_hard", sppo_hard, {}, LOGRATIO, "SPPO, hard labels: log-ratios regressed to +-1/(2 beta)"),
