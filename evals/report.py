@@ -2,8 +2,10 @@
 and with a judge AlpacaEval's model_outputs.json and annotations.json.
 
 Everything is rendered into a temporary directory next to the report
-directory first and moved into place only when complete, so a failure
-leaves no half-written report. JSON is written with ``allow_nan=False``: a
+directory first and replaces it only when complete, so a failure leaves no
+half-written report, and a re-run into an earlier report folder (which
+``check_output`` allowed: empty, or marked as ours) leaves none of the
+earlier run's files (an old ``generations.jsonl``) beside the new ones. JSON is written with ``allow_nan=False``: a
 NaN can never appear as a number.
 """
 
@@ -13,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dpo_plugins.atomic import atomic_file, discard, mark, publish, staging_folder
+from dpo_plugins.atomic import atomic_file, check_output, discard, mark, publish, staging_folder
 
 MARGIN_PLOT = "margin_histogram.png"
 WINRATE_PLOT = "win_rate.png"
@@ -22,7 +24,7 @@ WINRATE_PLOT = "win_rate.png"
 def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Mapping] = (),
                  generation_rows: Sequence[Mapping] = ()) -> list[Path]:
     """Write the report files into ``report_dir``; return their paths."""
-    report_dir = Path(report_dir)
+    report_dir = check_output(report_dir, folder=True)  # `dpo eval` checked it already; a Python caller too
     staging = staging_folder(report_dir)
     mark(staging, "dpo eval")
     try:
@@ -39,11 +41,8 @@ def write_report(report_dir, metrics: Mapping[str, Any], pair_rows: Sequence[Map
         if metrics.get("win_rate") is not None:
             plots.append(_win_rate_bars(staging / WINRATE_PLOT, metrics))
         (staging / "report.md").write_text(render_markdown(metrics, [p.name for p in plots if p]), encoding="utf-8")
-        report_dir.mkdir(exist_ok=True)
-        written = []
-        for path in sorted(staging.iterdir()):
-            publish(path, report_dir / path.name)
-            written.append(report_dir / path.name)
+        written = [report_dir / path.name for path in sorted(staging.iterdir())]
+        publish(staging, report_dir)  # the whole folder: no earlier run's file stays beside this run's
         return written
     finally:
         discard(staging)

@@ -72,7 +72,11 @@ def run(args) -> int:
     from dpo_plugins.formats.rewardbench import subsets_of
 
     show_info_logs("eval")
-    check_output(args.report, folder=True, inputs=[args.data])  # before minutes of scoring, not after
+    from dpo_plugins.adapters.models import model_input_paths
+
+    inputs = [args.data, args.policy_outputs, args.baseline_outputs,
+              *(path for model in (args.model, args.ref, args.baseline) for path in model_input_paths(model))]
+    check_output(args.report, folder=True, inputs=inputs)  # before minutes of scoring, not after
     if args.ref is None and (base := adapter_base(args.model)) is not None:
         args.ref = base
         _log.info("%s is a PEFT adapter; its base model %s is the reference", args.model, base)

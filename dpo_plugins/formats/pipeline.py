@@ -234,6 +234,10 @@ def convert(src, dst, from_format=None, to_format=None, skip_invalid=False, bom=
         report.written = writer.count
         if report.error_count and not skip_invalid:
             raise DpoPluginsError(report.error_message() + f"\nnothing written to {dst}")
+        if not writer.count:  # success means something was written; an existing output stays as it was
+            found = report.error_message() + "\n" if report.error_count else ""
+            raise DpoPluginsError(f"{found}{src}: no row to write ({report.rows} read, none valid); "
+                                  f"nothing written to {dst}")
         writer.commit()
     except BaseException:
         if writer is not None:
@@ -324,4 +328,6 @@ def read_trl_rows(path, from_format: Optional[str] = None) -> list[dict]:
         rows.append(row)
     if report.errors:
         raise DpoPluginsError(report.error_message())
+    if not rows:
+        raise DpoPluginsError(f"{path}: no rows: a preference file must hold at least one pair")
     return rows

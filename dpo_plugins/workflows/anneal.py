@@ -57,6 +57,14 @@ class AnnealPlan:
     def merged_dir(self) -> Path:
         return self.output_dir / "merged"
 
+    @property
+    def inputs(self) -> List[Any]:
+        """Every file and model the run reads from outside its output folder: no output may touch them."""
+        from dpo_plugins.workflows.merge import merge_inputs
+
+        return [self.source.path, *merge_inputs(self.merge), self.reference_path,
+                self.anneal.get("data"), self.anneal.get("eval_data"), self.eval.get("data")]
+
 
 def load_anneal_plan(path) -> AnnealPlan:
     """Read and validate an anneal configuration; raise listing every problem."""

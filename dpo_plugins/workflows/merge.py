@@ -67,7 +67,7 @@ def plan_merge(source: YamlFile, data: Any, *, output: Optional[Path] = None, re
     if output is not None:
         try:
             check_output(output, folder=True, force=replace,
-                         inputs=plan.parents.values() if plan else [source.path])
+                         inputs=[source.path, *merge_inputs(plan)])
             if not replace and Path(output).is_dir() and any(Path(output).iterdir()):  # even an earlier merge's
                 raise DpoPluginsError(f"{output} already exists and is not empty (remove it, or use --force)")
         except DpoPluginsError as error:
@@ -75,6 +75,13 @@ def plan_merge(source: YamlFile, data: Any, *, output: Optional[Path] = None, re
     if problems:
         raise ConfigError(problems)
     return plan
+
+
+def merge_inputs(plan: Optional[MergePlan]) -> List[Path]:
+    """Every model directory a merge reads (each parent, an adapter's base included): no output may touch them."""
+    from dpo_plugins.adapters.models import model_input_paths
+
+    return [path for parent in (plan.parents.values() if plan else ()) for path in model_input_paths(str(parent))]
 
 
 def check_merge_section(source: YamlFile, data: Any, prefix: JsonPath = ()) -> Tuple[Optional[MergePlan], List[Tuple[int, str]]]:

@@ -117,6 +117,7 @@ def _argparse_type(spec, default):
 class Settings:
     options: TrainOptions
     dpo: Any  # trl.DPOConfig
+    config_file: Optional[str] = None  # the --config file, an input like the data and the models
 
 
 def build_settings(args, extra: list[str]) -> Settings:
@@ -127,7 +128,9 @@ def build_settings(args, extra: list[str]) -> Settings:
     if source.data is not None and not isinstance(source.data, dict):
         raise ConfigError([source.problem((), "the config must be a mapping of option: value")])
     values = {str(key): value for key, value in (source.data or {}).items()}
-    return settings_from(values, lambda key: source.location((key,)), args, extra)
+    settings = settings_from(values, lambda key: source.location((key,)), args, extra)
+    settings.config_file = args.config
+    return settings
 
 
 def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, extra: list[str]) -> Settings:
@@ -262,8 +265,11 @@ def train(settings: Settings) -> Path:
     from dpo_plugins.adapters.training import run_training
     from dpo_plugins.formats.pipeline import read_trl_rows
 
+    from dpo_plugins.adapters.models import model_input_paths
+
     options = settings.options
-    inputs = [path for path in (options.data, options.eval_data) if path]
+    inputs = [settings.config_file, options.data, options.eval_data,
+              *model_input_paths(options.model), *model_input_paths(options.ref_model)]
     # Checked before any work; run_training marks it when training starts (TRL writes checkpoints into it).
     check_output(settings.dpo.output_dir, folder=True, inputs=inputs)
     return run_training(settings, read_trl_rows)
