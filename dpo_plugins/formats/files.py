@@ -131,7 +131,23 @@ def parse_line(raw: bytes) -> Union[dict, Problem]:
         return Problem("$", "invalid JSON: " + re.sub(r"line 1 column (\d+) \(char \d+\)", r"column \1", str(error)), "json")
     if not isinstance(row, dict):
         return Problem("$", f"each line must be a JSON object, found {type(row).__name__}", "json")
-    return row
+    return _repeated_key(raw, row) or row
+
+
+def _repeated_key(raw: bytes, row: dict) -> Union[Problem, None]:
+    """A key written twice in one object of the row (JSON parsers keep the last one silently), or None."""
+    found = exactjson.duplicate_keys(raw, row)
+    return _repeated_key_problem(found) if found else None
+
+
+def _repeated_key_problem(found: list) -> Problem:
+    from dpo_plugins.workflows.config import format_path
+
+    path, key = found[0]
+    others = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return Problem(format_path(path + (key,)),
+                   f"duplicate key {key!r}: given twice in one object{others}; JSON readers keep only the last "
+                   "value, so say which one is meant", "json")
 
 
 def _read_jsonl(path: Path) -> Iterator[Item]:
@@ -157,8 +173,14 @@ def _read_json(path: Path) -> Iterator[Item]:
     except orjson.JSONDecodeError:
         yield 1, parse_line(raw)  # the same message a JSONL line would get
         return
+    repeated: dict = {}
+    for path, key in exactjson.duplicate_keys(raw, rows):
+        if path:  # a row's own keys (the array itself has none)
+            repeated.setdefault(path[0], []).append((path[1:], key))
     for index, row in enumerate(rows, start=1):
-        if isinstance(row, dict):
+        if isinstance(row, dict) and index - 1 in repeated:
+            yield index, _repeated_key_problem(repeated[index - 1])
+        elif isinstance(row, dict):
             yield index, row
         else:
             yield index, Problem("$", f"each element must be a JSON object, found {type(row).__name__}", "json")
