@@ -90,6 +90,13 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
             if not prompt_dropped(pair, request.max_length, request.truncation_mode):
                 pairs.append(pair)
                 kept.append(index)
+    dropped = len(request.rows) - len(pairs)
+    if not pairs:
+        raise DpoPluginsError(f"{request.data}: no pair left to score: all {dropped} have a prompt that fills "
+                              f"--max-length {request.max_length} (raise it, or 0 for none)")
+    if dropped:
+        logger.warning("%d of %d pairs dropped: the prompt fills max_length %s (as TRL drops them)", dropped,
+                       len(request.rows), request.max_length)
     reference_logps = None
     if reference is not None and request.ref_cache and request.forward == "packed":
         check_not_self_reference(policy, reference, request.allow_self_reference)  # before the reference's pass

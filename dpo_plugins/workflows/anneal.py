@@ -162,8 +162,9 @@ class _AnnealChecker(ConfigChecker):
         elif not Path(str(value)).is_file():
             self.problem(path + ("data",), f"no such file: {value}")
         else:
+            identical = None if path != ("anneal",) or section.get("allow_identical_pairs") else "allow_identical_pairs"
             try:
-                read_trl_rows(str(value), section.get("from_format"))
+                read_trl_rows(str(value), section.get("from_format"), identical_pairs=identical)
             except DpoPluginsError as error:
                 for line in str(error).splitlines():
                     self.problem(path + ("data",), line)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +328,15 @@ class _MergeChecker(ConfigChecker):
         for name, module in (data.get("modules") or {}).items() if isinstance(data.get("modules"), dict) else ():
             self.parameter_block(_get(module, "parameters"), ("modules", name, "parameters"), info, everywhere)
         self.required_parameters(data, info)
+        self.weights_not_all_zero(data)
+
+    def weights_not_all_zero(self, data: dict) -> None:
+        """Per-model weights that are all 0 normalise to 0/0: every merged tensor would be NaN."""
+        weights = [_get(_get(model, "parameters"), "weight") for model in _list(data.get("models"))]
+        numbers = [w for w in weights if isinstance(w, (int, float)) and not isinstance(w, bool)]
+        if weights and len(numbers) == len(weights) and not any(numbers):
+            self.problem(("models",), "every model's weight is 0: the merge would divide by a zero sum; "
+                                      "give at least one model a non-zero weight")
 
     def parameter_block(self, settings: Any, path: JsonPath, info, allowed_scopes: set) -> None:
         if settings is None:
@@ -349,6 +359,10 @@ class _MergeChecker(ConfigChecker):
                         parameter.validate(value)
                     except ValueError as error:
                         self.problem(value_path, f"bad value {value!r} for {info.name} parameter {name!r}: {error}")
+                        continue
+                    if isinstance(value, float) and not math.isfinite(value):
+                        self.problem(value_path, f"{info.name} parameter {name!r} must be a finite number, "
+                                                 f"not {value!r}")
 
     def required_parameters(self, data: dict, info) -> None:
         top = _keys(data.get("parameters"))

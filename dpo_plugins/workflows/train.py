@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 from dpo_plugins.adapters.distributed import world_size
 from dpo_plugins.atomic import check_output
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
+from dpo_plugins.option_checks import training_range_problems, type_problem
 from dpo_plugins.workflows.config import load_yaml
 
 logger = logging.getLogger("dpo_plugins.train")
@@ -66,6 +67,10 @@ class TrainOptions:
     )
     sft_epochs: float = field(default=1.0, metadata={"help": "epochs of the --sft-first stage"})
     sft_learning_rate: float = field(default=2e-5, metadata={"help": "learning rate of the --sft-first stage"})
+    allow_identical_pairs: bool = field(
+        default=False, metadata={"help": "train on pairs whose chosen and rejected are identical (refused by "
+                                         "default: such a pair teaches nothing, and is usually a data bug)"},
+    )
     trl_forward: bool = field(
         default=False,
         metadata={"help": "use TRL's own two-row forward and its per-step reference instead of the packed, "
@@ -138,8 +143,13 @@ def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, 
     from transformers import HfArgumentParser
     from trl import DPOConfig
 
-    dpo_fields = {f.name for f in dataclasses.fields(DPOConfig) if f.init}
+    dpo_types = {f.name: f.type for f in dataclasses.fields(DPOConfig) if f.init}
+    dpo_fields = set(dpo_types)
     problems: list[str] = []
+    for key, value in values.items():  # before anything reads them: `lora: "false"` is not false
+        annotation = OPTION_FIELDS[key].type if key in OPTION_FIELDS else dpo_types.get(key)
+        if key not in HOSTED_NAMES and annotation is not None and (wrong := type_problem(value, annotation)):
+            problems.append(f"{where(key)}: {wrong}")
     options: dict[str, Any] = {}
     dpo_defaults: dict[str, Any] = {}
     hosted: dict[str, Any] = {}
@@ -206,6 +216,17 @@ def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, 
         train_options = TrainOptions(**options)
     except TypeError as error:
         raise DpoPluginsError(f"invalid options: {error}") from None
+
+    def located(key: str) -> str:
+        """Where the value of ``key`` came from: its flag, else its line in the config file."""
+        flag = "--" + key.replace("_", "-")
+        given = getattr(args, key, None) is not None or any(
+            argument.split("=")[0] in (flag, "--" + key) for argument in extra)
+        return where(key) if key in values and not given else flag
+
+    problems = training_range_problems(train_options, dpo_args, located)
+    if problems:
+        raise DpoPluginsError("\n".join(problems))
     return Settings(train_options, dpo_args)
 
 
@@ -272,4 +293,5 @@ def train(settings: Settings) -> Path:
               *model_input_paths(options.model), *model_input_paths(options.ref_model)]
     # Checked before any work; run_training marks it when training starts (TRL writes checkpoints into it).
     check_output(settings.dpo.output_dir, folder=True, inputs=inputs)
-    return run_training(settings, read_trl_rows)
+    identical = None if options.allow_identical_pairs else "--allow-identical-pairs"
+    return run_training(settings, lambda path, fmt: read_trl_rows(path, fmt, identical_pairs=identical))
