@@ -12,6 +12,7 @@ NaN can never appear as a number.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -119,6 +120,29 @@ def percent(value) -> str:
 
 
 
+def markdown_text(value) -> str:
+    """``value`` as Markdown text that cannot change the document's structure, whatever the data held.
+
+    Control characters (a newline ends a table row) become visible escapes;
+    Markdown's punctuation (``|`` splits a cell, ``#``, ``*``, ``[`` ...) is
+    backslash-escaped, so a subset named ``a | b`` stays one cell.
+    """
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~])", r"\\\1", _visible(value))
+
+
+def markdown_code(value) -> str:
+    """``value`` as an inline code span, fenced by more backticks than it holds, on one line."""
+    text = _visible(value)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
+    return f"{fence}{padded}{fence}"
+
+
+def _visible(value) -> str:
+    """``str(value)`` with control characters as escapes (a newline cannot end a line of the report)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
+
+
 def _num(value, digits=4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -126,8 +150,8 @@ def _num(value, digits=4) -> str:
 def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
     """A short human-readable summary; definitions live in docs/evals.md."""
     lines = ["# dpo eval report", ""]
-    lines += [f"- policy: `{metrics.get('model')}`", f"- reference: `{metrics.get('ref')}`",
-              f"- data: `{metrics.get('data')}`", ""]
+    lines += [f"- policy: {markdown_code(metrics.get('model'))}", f"- reference: {markdown_code(metrics.get('ref'))}",
+              f"- data: {markdown_code(metrics.get('data'))}", ""]
     lines += ["## Reward accuracy", "",
               f"Mode `{metrics.get('reward_mode')}`; a pair counts only if the chosen reward is strictly higher "
               "(ties count as wrong, as RewardBench).", "",
@@ -140,8 +164,9 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
               f"| tokenization | {metrics.get('tokenization', 'trl')} |", ""]
     if metrics.get("subsets"):
         lines += ["| subset | pairs | reward accuracy |", "|---|---|---|"]
-        lines += [f"| {name} | {v['n_pairs']} | {percent(v['reward_accuracy'])} |" for name, v in metrics["subsets"].items()]
-        lines += [f"| RewardBench section {name} | | {percent(value)} |"
+        lines += [f"| {markdown_text(name)} | {v['n_pairs']} | {percent(v['reward_accuracy'])} |"
+                  for name, v in metrics["subsets"].items()]
+        lines += [f"| RewardBench section {markdown_text(name)} | | {percent(value)} |"
                   for name, value in (metrics.get("rewardbench_sections") or {}).items()] + [""]
     if metrics.get("win_rate") is not None:
         ci = metrics["win_rate_ci"]
