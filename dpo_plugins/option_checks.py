@@ -145,13 +145,16 @@ def _fits(value: Any, kind: type) -> bool:
 
 
 def _unquoted(text: str) -> Any:
-    """What YAML would read ``text`` as without its quotes (for the hint only)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """What ``text`` would be as a YAML boolean or number without its quotes (for the hint only)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false", "yes", "no", "on", "off"):
+        return lowered in ("true", "yes", "on")
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _describe(kind: type) -> str:

@@ -70,7 +70,10 @@ def duplicate_keys(raw: bytes, value) -> list[tuple[tuple[Union[str, int], ...],
     ``path`` leads to the object holding the key (a tuple of keys and list
     indexes, ``()`` for the top). Empty when no key is repeated.
     """
-    dumped = dumps(value)  # one key per `":` unless a string holds a quote (escaped, `\"`)
+    try:
+        dumped = dumps(value)  # one key per `":` unless a string holds a quote (escaped, `\"`)
+    except TypeError:  # deeper than orjson writes (refused as too deep downstream): count by walking
+        dumped = b'\\"'
     keys = dumped.count(b'":') if b'\\"' not in dumped else _count_keys(value)
     if raw.count(b'":') <= keys and not _SPACED_KEY_END.search(raw):
         return []

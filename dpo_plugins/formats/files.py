@@ -29,7 +29,7 @@ import orjson
 
 from ..atomic import discard, mark, publish, staging_folder
 from ..errors import DpoPluginsError
-from ..records import Problem
+from ..records import Problem, format_path
 from . import exactjson
 from .exactjson import strip_bom
 
@@ -145,8 +145,6 @@ def _repeated_key(raw: bytes, row: dict) -> Union[Problem, None]:
 
 
 def _repeated_key_problem(found: list) -> Problem:
-    from dpo_plugins.workflows.config import format_path
-
     path, key = found[0]
     others = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     return Problem(format_path(path + (key,)),

@@ -15,16 +15,9 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import yaml
 
 from dpo_plugins.errors import ConfigError
+from dpo_plugins.records import format_path
 
 JsonPath = Tuple[Union[str, int], ...]
-
-
-def format_path(path: Sequence[Union[str, int]]) -> str:
-    """``("models", 1, "model")`` -> ``models[1].model`` (``$`` for the root)."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "$"
 
 
 @dataclass
