@@ -97,6 +97,20 @@ def type_problem(value: Any, annotation: Any) -> Optional[str]:
     return f"expected {wanted}, got {type(value).__name__} {value!r}{hint}"
 
 
+def config_value(value: Any, annotation: Any) -> tuple[Any, Optional[str]]:
+    """``(value, problem)`` for a config value setting a field annotated ``annotation``.
+
+    A number YAML 1.1 reads as a string (``1e-5``: its floats need a dot)
+    becomes the number; a string where a boolean is wanted never does.
+    """
+    kinds = _kinds(annotation) or set()
+    if isinstance(value, str) and str not in kinds and kinds & {int, float}:
+        number = _unquoted(value)
+        if not isinstance(number, (bool, str)) and any(_fits(number, kind) for kind in kinds & {int, float}):
+            return number, None
+    return value, type_problem(value, annotation)
+
+
 def _kinds(annotation: Any) -> Optional[set]:
     if isinstance(annotation, str):
         parts = [part.strip() for part in annotation.replace("Optional[", "").rstrip("]").split("|")]

@@ -174,3 +174,15 @@ def test_train_refuses_identical_pairs_and_counts_length_drops(tmp_path, tiny_mo
     assert main([*argv, "--output-dir", str(tmp_path / "c"), "--allow-identical-pairs", "--max-length", "2"]) == 1
     err = capsys.readouterr().err
     assert "all 5 pairs have a prompt that fills max_length 2" in err and "this is a bug" not in err
+
+
+def test_a_number_yaml_reads_as_a_string_is_the_number(tmp_path):
+    """YAML 1.1 floats need a dot: `1e-5` is a string to PyYAML; it still sets the learning rate."""
+    from dpo_plugins.cli import build_parser
+    from dpo_plugins.workflows.train import build_settings
+
+    config = tmp_path / "train.yaml"
+    config.write_text("learning_rate: 1e-5\nnum_train_epochs: 2\n")
+    args, extra = build_parser().parse_known_args(["train", "--config", str(config)])
+    settings = build_settings(args, extra)
+    assert settings.dpo.learning_rate == 1e-5 and settings.dpo.num_train_epochs == 2.0

@@ -124,3 +124,12 @@ def test_a_gzip_that_expands_too_far_is_named_with_its_path(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert f"{bomb}:2: $: this line expands to more than 1 MiB once decompressed" in err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_winrate_never_pools_two_baselines(tmp_path, capsys):
+    rows = [{"instruction": f"q{i}", "output_1": "b", "output_2": "m", "generator_1": f"base-{i % 2}",
+             "generator_2": "model", "preference": 2} for i in range(4)]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(rows))
+    assert main(["winrate", str(path)]) == 1
+    assert "judgments of several baselines (base-0, base-1)" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 from dpo_plugins.adapters.distributed import world_size
 from dpo_plugins.atomic import check_output
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
-from dpo_plugins.option_checks import training_range_problems, type_problem
+from dpo_plugins.option_checks import config_value, training_range_problems
 from dpo_plugins.workflows.config import load_yaml
 
 logger = logging.getLogger("dpo_plugins.train")
@@ -146,10 +146,13 @@ def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, 
     dpo_types = {f.name: f.type for f in dataclasses.fields(DPOConfig) if f.init}
     dpo_fields = set(dpo_types)
     problems: list[str] = []
+    values = dict(values)
     for key, value in values.items():  # before anything reads them: `lora: "false"` is not false
         annotation = OPTION_FIELDS[key].type if key in OPTION_FIELDS else dpo_types.get(key)
-        if key not in HOSTED_NAMES and annotation is not None and (wrong := type_problem(value, annotation)):
-            problems.append(f"{where(key)}: {wrong}")
+        if key not in HOSTED_NAMES and annotation is not None:
+            values[key], wrong = config_value(value, annotation)
+            if wrong:
+                problems.append(f"{where(key)}: {wrong}")
     options: dict[str, Any] = {}
     dpo_defaults: dict[str, Any] = {}
     hosted: dict[str, Any] = {}
