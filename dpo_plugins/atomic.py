@@ -20,10 +20,10 @@ did not create.
   folder it makes. Any other folder is an error naming it, ``--force``
   included: ``--force`` (where a command has it) only lets a run replace a
   folder an earlier run marked.
-- No output may equal, or be an ancestor of, any input (data and config
-  files, models, reference models, adapters, checkpoints: every path a
-  command reads, which it passes as ``inputs``), the current folder, ``/``
-  or the home folder. Paths are compared resolved (symbolic links followed)
+- No output may equal, be an ancestor of, or lie inside any input (data
+  and config files, models, reference models, adapters, checkpoints: every
+  path a command reads, which it passes as ``inputs``); nor may it be or
+  contain the current folder, ``/`` or the home folder. Paths are compared resolved (symbolic links followed)
   and by identity (``st_dev``/``st_ino``), so a hard link or a second mount
   of an input is the input.
 - A file where a folder is wanted (or the reverse), a symbolic link, or a
@@ -101,7 +101,7 @@ def marked_by(folder: PathLike) -> Optional[str]:
 
 
 def refuse_overlap(output: PathLike, inputs: Iterable[Optional[PathLike]]) -> None:
-    """Raise if ``output`` is, or is an ancestor of, an input or a folder no output may replace."""
+    """Raise if ``output`` is, contains or lies inside an input, or is or contains a folder no output may replace."""
     output = Path(output)
     places = {Path.cwd(): "the current folder", Path("/"): "the root folder", Path.home(): "the home folder"}
     for place, name in places.items():
@@ -111,10 +111,15 @@ def refuse_overlap(output: PathLike, inputs: Iterable[Optional[PathLike]]) -> No
     for source in inputs:
         if source is None or str(source) == "":
             continue
-        if _covers(output, Path(source)):
-            what = "is the input" if _same(output, Path(source)) else "contains the input"
-            raise DpoPluginsError(f"{output}: {what} {source}; an output must never touch an input: "
-                                  "give another output path")
+        source = Path(source)
+        if _covers(output, source):
+            what = "is the input" if _same(output, source) else "contains the input"
+        elif source.is_dir() and _covers(source, output):
+            what = "is inside the input folder"  # it could replace a file of it (a model's config.json)
+        else:
+            continue
+        raise DpoPluginsError(f"{output}: {what} {source}; an output must never touch an input: "
+                              "give another output path")
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -296,3 +296,16 @@ def test_a_model_save_killed_part_way_is_never_read_as_a_model(tmp_path, tiny_mo
     save_complete_model(lambda folder: shutil.copytree(tiny_model_dir, folder), out)
     assert (out / MODEL_COMPLETE).is_file() and (out / "tokenizer_config.json").is_file()
     assert resolve_model(str(out)) == out
+
+
+def test_no_output_lies_inside_an_input_folder(pairs, tmp_path, tiny_model_dir, capsys):
+    dataset = tmp_path / "ds"
+    assert main(["convert", str(pairs), str(dataset), "--to", "hf"]) == 0
+    before = sorted(p.name for p in dataset.iterdir())
+    assert main(["convert", str(dataset), str(dataset / "state.json"), "--to", "hf"]) == 1
+    assert f"is inside the input folder {dataset}" in capsys.readouterr().err
+    assert sorted(p.name for p in dataset.iterdir()) == before
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(pairs),
+                 "--report", str(tiny_model_dir / "report")]) == 1
+    assert "is inside the input folder" in capsys.readouterr().err
+    assert not (tiny_model_dir / "report").exists()
