@@ -85,6 +85,8 @@ def type_problem(value: Any, annotation: Any) -> Optional[str]:
         return None
     if value is None:
         return None if type(None) in kinds else "expected a value, got null"
+    if list in kinds and isinstance(value, str) and _element_kind(annotation) in (None, str):
+        return None  # one item for a list of names (`loss: sigmoid`)
     if list in kinds and isinstance(value, list):
         element = _element_kind(annotation)
         bad = [item for item in value if element is not None and not _fits(item, element)]
