@@ -206,6 +206,10 @@ def _win_rate(request: EvalRequest, policy, tokenizer, reference, load):
     prompts, policy_outputs, baseline_outputs = pair_outputs(
         policy_records, baseline_records, request.policy_outputs or "policy generations",
         request.baseline_outputs or "baseline generations")
+    if not prompts:  # success means something was judged
+        raise DpoPluginsError(f"no prompt to judge: {request.policy_outputs or 'the policy generations'} and "
+                              f"{request.baseline_outputs or 'the baseline generations'} share no prompt; "
+                              "nothing was written")
     references = _references(request.rows, prompt_key)
     if not is_main_process():  # generations were shared; one process judges
         return {}, []

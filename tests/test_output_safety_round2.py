@@ -309,3 +309,15 @@ def test_no_output_lies_inside_an_input_folder(pairs, tmp_path, tiny_model_dir, 
                  "--report", str(tiny_model_dir / "report")]) == 1
     assert "is inside the input folder" in capsys.readouterr().err
     assert not (tiny_model_dir / "report").exists()
+
+
+def test_a_win_rate_over_no_prompt_is_no_success(tmp_path, tiny_model_dir, capsys):
+    data = hf_pairs(tmp_path)
+    empty = tmp_path / "outputs.jsonl"
+    empty.write_text("")
+    report = tmp_path / "report"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--report", str(report),
+                 "--judge", "exact-match", "--policy-outputs", str(empty), "--baseline-outputs", str(empty),
+                 "--no-progress"]) == 1
+    assert "no prompt to judge" in capsys.readouterr().err
+    assert not report.exists()
