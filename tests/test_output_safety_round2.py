@@ -253,6 +253,8 @@ def test_sft_model_is_reused_only_for_the_same_inputs_and_settings(tmp_path, tin
     caplog.set_level(logging.INFO, logger="dpo_plugins.train")
     assert main([*common, "--data", str(data)]) == 0, capsys.readouterr().err
     made = json.loads((out / "sft-model" / "dpo-plugins-sft-complete.json").read_text())
+    assert (out / "dpo-plugins-model-complete.json").is_file() and (out / "tokenizer_config.json").is_file()
+    assert not [p for p in out.iterdir() if "partial" in p.name]
     (out / "stale-from-the-first-run.txt").write_text("x")  # as if the earlier run had written it
     caplog.clear()
     assert main([*common, "--data", str(data)]) == 0
