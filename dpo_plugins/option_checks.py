@@ -17,6 +17,7 @@ non-empty string, which Python reads as true. So
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import types
 import typing
@@ -196,6 +197,10 @@ def training_range_problems(options: Any, dpo: Any, name: Callable[[str], str]) 
     def finite(value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
+    for spec in dataclasses.fields(dpo):  # no setting is NaN (a NaN weight decay trains NaN weights, silently)
+        value = getattr(dpo, spec.name, None)
+        if isinstance(value, float) and math.isnan(value):
+            problems.append(f"{name(spec.name)}: must be a number, got nan")
     for field in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         value = getattr(dpo, field, 1)
         need(field, value, isinstance(value, int) and value >= 1, "a positive integer")

@@ -56,6 +56,7 @@ def no_model_load(monkeypatch):
     (["--lora", "--lora-r", "0"], "--lora-r: must be a positive integer"),
     (["--lora", "--lora-dropout", "1"], "--lora-dropout: must be at least 0 and below 1"),
     (["--sft-first", "--sft-epochs", "0"], "--sft-epochs: must be a number > 0"),
+    (["--weight-decay", "nan"], "--weight-decay: must be a number, got nan"),
 ])
 def test_train_flags_out_of_range_fail_before_any_model_loads(tmp_path, tiny_model_dir, pairs, capsys,
                                                               no_model_load, flags, message):
