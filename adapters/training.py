@@ -15,16 +15,17 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from dpo_plugins.atomic import atomic_directory, mark
+from dpo_plugins.atomic import atomic_directory, mark, reclaim
 from dpo_plugins.errors import DpoPluginsError
 
-from .models import load_model, load_tokenizer, resolve_model
-from .distributed import world_size
+from .models import load_model, load_tokenizer, resolve_model, save_complete_model
+from .distributed import is_main_process, wait_for_everyone, world_size
 from .loss_selection import select_losses
 from .trl import PluginDPOTrainer
 
 logger = logging.getLogger("dpo_plugins.train")
 SFT_DONE = "dpo-plugins-sft-complete.json"
+SFT_MODEL = "sft-model"
 
 
 def run_training(settings, read_rows: Callable[[str, Optional[str]], list]) -> Path:
@@ -43,14 +44,20 @@ def run_training(settings, read_rows: Callable[[str, Optional[str]], list]) -> P
     eval_rows = read_rows(options.eval_data, options.from_format) if options.eval_data else None
 
     model_path = resolve_model(options.model)
+    ref_path = resolve_model(options.ref_model) if options.ref_model else None
+    if resume is None and is_main_process():
+        # This run owns the folder: an earlier run's checkpoints, model and metrics go (a matching SFT model
+        # is kept, see run_sft), so nothing stale is read as this run's.
+        reclaim(args.output_dir, keep=(SFT_MODEL,) if options.sft_first else ())
+    wait_for_everyone()
     if options.sft_first:
         model_path = run_sft(model_path, train_rows, options, args)
-    ref_path = resolve_model(options.ref_model) if options.ref_model else None
     trainer = _build_trainer(model_path, ref_path, train_rows, eval_rows, options, args, terms)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     mark(args.output_dir, "dpo train")
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(args.output_dir)
+    save_complete_model(lambda folder: trainer.save_model(str(folder)), Path(args.output_dir),
+                        is_main=trainer.is_world_process_zero(), barrier=trainer.accelerator.wait_for_everyone)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     if eval_rows is not None:
@@ -201,15 +208,18 @@ def run_sft(model_path: Path, rows: list[dict], options, args) -> Path:
     from trl import SFTConfig, SFTTrainer
     from trl.data_utils import maybe_extract_prompt
 
-    target = Path(args.output_dir) / "sft-model"
-    if (target / SFT_DONE).is_file():
-        logger.info("--sft-first: reusing the finished SFT model in %s", target)
-        return target
+    target = Path(args.output_dir) / SFT_MODEL
     pairs = [maybe_extract_prompt(dict(row)) for row in rows]
     sft_rows = [
         {"prompt": pair["prompt"], "completion": pair["chosen"], **({"tools": pair["tools"]} if "tools" in pair else {})}
         for pair in pairs
     ]
+    made_from = sft_fingerprint(model_path, sft_rows, options, args)
+    if _read_json(target / SFT_DONE) == made_from:
+        logger.info("--sft-first: reusing the finished SFT model in %s (same model, data and settings)", target)
+        return target
+    if target.exists():
+        logger.info("--sft-first: %s was made from other inputs or settings; training it again", target)
     sft_args = SFTConfig(
         output_dir=str(Path(args.output_dir) / "sft"),
         num_train_epochs=options.sft_epochs,
@@ -245,6 +255,34 @@ def run_sft(model_path: Path, rows: list[dict], options, args) -> Path:
         with atomic_directory(target, replace=True) as building:
             model.save_pretrained(building)
             tokenizer.save_pretrained(building)
-            (building / SFT_DONE).write_text(json.dumps({"base": str(model_path)}) + "\n")
+            (building / SFT_DONE).write_text(json.dumps(made_from) + "\n")
     trainer.accelerator.wait_for_everyone()
     return target
+
+
+def sft_fingerprint(model_path: Path, sft_rows: list[dict], options, args) -> dict:
+    """What an SFT model is made from: reused only when all of it is the same (the base model's weights,
+    the rows, every setting the SFT stage reads)."""
+    import hashlib
+
+    weights = sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(model_path).glob(pattern))
+    return {
+        "base": str(Path(model_path).resolve()),
+        "base_weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights],
+        "rows": hashlib.sha256(json.dumps(sft_rows, sort_keys=True, default=str).encode()).hexdigest(),
+        "settings": {
+            "sft_epochs": options.sft_epochs, "sft_learning_rate": options.sft_learning_rate,
+            "lora": options.lora and [options.lora_r, options.lora_alpha, options.lora_dropout,
+                                      list(options.lora_target_modules)],
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_length": args.max_length,
+            "bf16": args.bf16, "fp16": args.fp16, "seed": args.seed, "world_size": world_size(),
+        },
+    }
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

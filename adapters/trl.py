@@ -176,6 +176,20 @@ class PluginDPOTrainer(DPOTrainer):
         self.precompute_ref_logps = False
         self.ref_model = None
 
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """TRL's tokenization, with the pairs it drops for length counted aloud (and none left an error)."""
+        before = len(dataset) if hasattr(dataset, "__len__") else None
+        prepared = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if before is None or not hasattr(prepared, "__len__") or len(prepared) == before:
+            return prepared
+        dropped = before - len(prepared)
+        if not len(prepared):
+            raise DpoPluginsError(f"{dataset_name} data: all {before} pairs have a prompt that fills max_length "
+                                  f"{args.max_length}, so none is left to train on: raise --max-length")
+        logger.warning("%s data: %d of %d pairs dropped: the prompt alone fills max_length %s (TRL drops them)",
+                       dataset_name, dropped, before, args.max_length)
+        return prepared
+
     def _precompute_ref_logps(self, dataset, name, batch_size):
         if not self.needs_reference:
             return dataset

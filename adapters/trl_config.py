@@ -13,11 +13,11 @@ from typing import Any, Mapping, Sequence
 from dpo_plugins.errors import DpoPluginsError
 
 
-def dpo_config_fields() -> frozenset:
-    """The names ``DPOConfig(...)`` accepts."""
+def dpo_config_types() -> dict:
+    """The fields ``DPOConfig(...)`` accepts, each with its annotation (what a config value is checked against)."""
     from trl import DPOConfig
 
-    return frozenset(f.name for f in dataclasses.fields(DPOConfig) if f.init)
+    return {f.name: f.type for f in dataclasses.fields(DPOConfig) if f.init}
 
 
 def parse_dpo_config(defaults: Mapping[str, Any], flags: Sequence[str]):

@@ -20,9 +20,15 @@ did not create.
 - An existing *file* may be replaced (atomically) by a file output.
 - An existing *folder* is replaced, or written into, only if it is empty or
   carries :data:`OUTPUT_MARKER`, the file the program leaves in every output
-  folder it makes. Any other folder is an error naming it; ``--force``
-  (where a command has it) lifts this, but never for the current folder,
-  ``/``, the home folder, or a folder that contains one of the inputs.
+  folder it makes. Any other folder is an error naming it, ``--force``
+  included: ``--force`` (where a command has it) only lets a run replace a
+  folder an earlier run marked.
+- No output may equal, be an ancestor of, or lie inside any input (data
+  and config files, models, reference models, adapters, checkpoints: every
+  path a command reads, which it passes as ``inputs``); nor may it be or
+  contain the current folder, ``/`` or the home folder. Paths are compared resolved (symbolic links followed)
+  and by identity (``st_dev``/``st_ino``), so a hard link or a second mount
+  of an input is the input.
 - A file where a folder is wanted (or the reverse), a symbolic link, or a
   parent that is not a writable folder is an error before any work.
 """
@@ -47,10 +53,13 @@ OUTPUT_MARKER = ".dpo-plugins-output"
 # -- the output-safety rule ------------------------------------------------------
 
 
-def check_output(path: PathLike, *, folder: bool, inputs: Iterable[PathLike] = (), force: Optional[bool] = None) -> Path:
-    """Refuse an output path that would replace what the program did not create (see the module doc).
+def check_output(path: PathLike, *, folder: bool, inputs: Iterable[Optional[PathLike]] = (),
+                 force: Optional[bool] = None) -> Path:
+    """Refuse an output path that would replace what the program did not create, or touch an input.
 
-    ``force``: None for a command without ``--force``, else its value.
+    See the module doc. ``inputs``: every path the command reads (None
+    entries are skipped). ``force``: None for a command without ``--force``,
+    else its value.
     """
     path = Path(path)
     if path.is_symlink():
@@ -61,6 +70,7 @@ def check_output(path: PathLike, *, folder: bool, inputs: Iterable[PathLike] = (
     existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise DpoPluginsError(f"{path}: cannot write here: {existing} is not writable")
+    refuse_overlap(path, inputs)
     if not path.exists():
         return path
     if not folder:
@@ -69,23 +79,76 @@ def check_output(path: PathLike, *, folder: bool, inputs: Iterable[PathLike] = (
         return path
     if not path.is_dir():
         raise DpoPluginsError(f"{path}: is a file; this output is a folder: give another path")
-    _refuse_protected(path, inputs)
-    if any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file() and not force:
+    if any(path.iterdir()) and not is_marked(path):
         raise DpoPluginsError(f"{path}: exists and was not written by dpo-plugins (no {OUTPUT_MARKER} in it); "
-                              "nothing was changed: give another output path" + (" (or --force)" if force is False else ""))
+                              "nothing was changed: give another output path"
+                              + (" (--force only replaces a folder dpo-plugins wrote)" if force is not None else ""))
     return path
 
 
-def _refuse_protected(path: Path, inputs: Iterable[PathLike]) -> None:
-    resolved = path.resolve()
-    protected = {Path.cwd().resolve(): "the current folder", Path("/").resolve(): "the root folder",
-                 Path.home().resolve(): "the home folder"}
-    if resolved in protected:
-        raise DpoPluginsError(f"{path}: is {protected[resolved]}; an output folder must be a folder of its own")
+def is_marked(folder: PathLike) -> bool:
+    """Whether ``folder`` carries :data:`OUTPUT_MARKER`: an earlier run's output, which a run may replace."""
+    marker = Path(folder) / OUTPUT_MARKER
+    return marker.is_file() and not marker.is_symlink()
+
+
+def marked_by(folder: PathLike) -> Optional[str]:
+    """The command whose output ``folder`` is (as :func:`mark` wrote it), or None when unmarked."""
+    if not is_marked(folder):
+        return None
+    try:
+        text = (Path(folder) / OUTPUT_MARKER).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    found = re.match(r"written by `([^`]*)`", text)
+    return found.group(1) if found else ""
+
+
+def refuse_overlap(output: PathLike, inputs: Iterable[Optional[PathLike]]) -> None:
+    """Raise if ``output`` is, contains or lies inside an input, or is or contains a folder no output may replace."""
+    output = Path(output)
+    places = {Path.cwd(): "the current folder", Path("/"): "the root folder", Path.home(): "the home folder"}
+    for place, name in places.items():
+        if _covers(output, place):
+            what = f"is {name}" if _same(output, place) else f"contains {name} ({place.resolve()})"
+            raise DpoPluginsError(f"{output}: {what}; an output folder must be a folder of its own")
     for source in inputs:
-        source = Path(source).resolve()
-        if source == resolved or resolved in source.parents:
-            raise DpoPluginsError(f"{path}: contains the input {source}; give another output folder")
+        if source is None or str(source) == "":
+            continue
+        source = Path(source)
+        if _covers(output, source):
+            what = "is the input" if _same(output, source) else "contains the input"
+        elif source.is_dir() and _covers(source, output):
+            what = "is inside the input folder"  # it could replace a file of it (a model's config.json)
+        else:
+            continue
+        raise DpoPluginsError(f"{output}: {what} {source}; an output must never touch an input: "
+                              "give another output path")
+
+
+def _same(a: Path, b: Path) -> bool:
+    return (_identity(a) is not None and _identity(a) == _identity(b)) or a.resolve() == b.resolve()
+
+
+def _covers(output: Path, source: Path) -> bool:
+    """Whether ``output`` is ``source`` or one of its ancestors: by path (as written, then resolved) or by inode."""
+    written, resolved = Path(os.path.abspath(source)), source.resolve()
+    out_written, out_resolved = Path(os.path.abspath(output)), output.resolve()
+    for candidate in (written, resolved):
+        if out_written in (candidate, *candidate.parents) or out_resolved in (candidate, *candidate.parents):
+            return True
+    identity = _identity(output)
+    if identity is None:
+        return False
+    return any(_identity(place) == identity for place in (resolved, *resolved.parents))
+
+
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def mark(folder: PathLike, command: str) -> None:
@@ -94,10 +157,25 @@ def mark(folder: PathLike, command: str) -> None:
                                               encoding="utf-8")
 
 
+def reclaim(folder: PathLike, keep: Iterable[str] = ()) -> None:
+    """Empty a folder an earlier run marked (all but the names in ``keep``), so a new run owns it wholly.
+
+    No stale file of the earlier run (a generations file, a checkpoint) can
+    then be read as this run's. An unmarked or missing folder is left as it is.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or not is_marked(folder):
+        return
+    kept = {OUTPUT_MARKER, *keep}
+    for entry in folder.iterdir():
+        if entry.name not in kept:
+            discard(entry)
+
+
 def claim_folder(path: PathLike, command: str, *, inputs: Iterable[PathLike] = (), empty: bool = False) -> Path:
     """Check ``path`` as a folder output, create it and mark it; with ``empty``, clear an earlier run's output."""
     path = check_output(path, folder=True, inputs=inputs)
-    if empty and path.exists():
+    if empty and path.exists() and any(path.iterdir()):
         shutil.rmtree(path)  # empty or marked: check_output allowed it
     path.mkdir(parents=True, exist_ok=True)
     mark(path, command)

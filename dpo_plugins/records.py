@@ -62,3 +62,11 @@ class Problem:
     message: str
     rule: str
     severity: str = ERROR
+
+
+def format_path(path) -> str:
+    """``("models", 1, "model")`` -> ``models[1].model`` (``$`` for the root): how a Problem names a place."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "$"

@@ -45,7 +45,7 @@ def read_judgments(path) -> list[Judgment]:
 
     Every bad row is listed as ``PATH:N: json.path: message`` (N is the line
     of a JSONL file, the 1-based element of a JSON array) and nothing is
-    returned; several models in one file are an error too.
+    returned; several models, or several baselines, in one file are an error too.
     """
     from dpo_plugins.formats.files import read_rows
     from dpo_plugins.records import Problem
@@ -62,10 +62,11 @@ def read_judgments(path) -> list[Judgment]:
             judgments.append(found)
     if not judgments and not problems:
         problems.append(f"{path}: $: no judgments")
-    models = sorted({j.generator_2 for j in judgments if j.generator_2 is not None})
-    if len(models) > 1:
-        problems.append(f"{path}: $[*].generator_2: judgments of several models ({', '.join(models)}); "
-                        "a win rate is one model's against one baseline")
+    for field, what in (("generator_2", "models"), ("generator_1", "baselines")):
+        names = sorted({getattr(j, field) for j in judgments if getattr(j, field) is not None})
+        if len(names) > 1:
+            problems.append(f"{path}: $[*].{field}: judgments of several {what} ({', '.join(names)}); "
+                            "a win rate is one model's against one baseline")
     if problems:
         raise DpoPluginsError("\n".join(problems))
     return judgments

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -252,7 +253,8 @@ def judge_both_orders(judge_name: str, prompts, policy_outputs, baseline_outputs
 
 def public_params(settings: Mapping[str, Any]) -> dict:
     """A judge's settings as a report may show them: credentials redacted, per-prompt references left out."""
-    return {k: ("<redacted>" if _secret(k) else v) for k, v in settings.items() if k != "references"}
+    return {k: ("<redacted>" if _secret(k) or looks_like_secret(v) else v) for k, v in settings.items()
+            if k != "references"}
 
 
 def _secret(name: str) -> bool:
@@ -260,6 +262,23 @@ def _secret(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in ("key", "token", "secret", "password")) and lowered not in (
         "api_key_env", "api_key_header", "max_tokens", "price_per_token")
+
+
+_SECRET_VALUE = re.compile(r"(?i)^\s*(bearer|basic|token)\s+\S{8,}|^(sk|pk|rk|ghp|gho|ghs|xox[abpr]|hf|AKIA|AIza)"
+                           r"[-_A-Za-z0-9]{10,}|^eyJ[-_A-Za-z0-9]{10,}\.")
+
+
+def looks_like_secret(value) -> bool:
+    """A value shaped like a credential (a bearer token, a provider's key prefix, a JWT, or a long run of
+    letters and digits mixed) is redacted whatever its parameter is called: a typo'd name must not leak it."""
+    if not isinstance(value, str):
+        return False
+    if _SECRET_VALUE.search(value):
+        return True
+    word = value.strip()
+    return (len(word) >= 32 and re.fullmatch(r"[A-Za-z0-9_\-+/=]+", word) is not None and not word.startswith("/")
+            and re.search(r"\d", word) is not None and re.search(r"[A-Za-z]", word) is not None
+            and word.count("-") + word.count("_") <= len(word) / 8)
 
 
 def _verdicts(judge, provider, prompts, outputs_a, outputs_b, settings, store=None) -> OrderAnswers:

@@ -79,6 +79,13 @@ def run_eval(request: EvalRequest, report_dir) -> dict:
     pairs, kept = tokenize_rows(request.rows, tokenizer, request)
     if request.tokenization == "rewardbench":  # its own truncation happened while tokenizing
         request.max_length = None
+    dropped = len(request.rows) - len(pairs)
+    if not pairs:
+        raise DpoPluginsError(f"{request.data}: no pair left to score: all {dropped} have a prompt that fills "
+                              f"--max-length {request.max_length} (raise it, or 0 for none)")
+    if dropped:
+        logger.warning("%d of %d pairs dropped: the prompt fills max_length %s (as TRL drops them)", dropped,
+                       len(request.rows), request.max_length)
     reference_logps = None
     if reference is not None and request.ref_cache and request.forward == "packed":
         check_not_self_reference(policy, reference, request.allow_self_reference)  # before the reference's pass
@@ -222,6 +229,10 @@ def _win_rate(request: EvalRequest, policy, tokenizer, reference, load):
     prompts, policy_outputs, baseline_outputs = pair_outputs(
         policy_records, baseline_records, request.policy_outputs or "policy generations",
         request.baseline_outputs or "baseline generations")
+    if not prompts:  # success means something was judged
+        raise DpoPluginsError(f"no prompt to judge: {request.policy_outputs or 'the policy generations'} and "
+                              f"{request.baseline_outputs or 'the baseline generations'} share no prompt; "
+                              "nothing was written")
     references = _references(request.rows, prompt_key)
     if not is_main_process():  # generations were shared; one process judges
         return {}, []

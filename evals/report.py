@@ -7,17 +7,21 @@ and the demo's summary render their own files through the same writer.
 
 Everything is rendered into a temporary directory next to the report
 directory first and moved into place only when complete, so a failure
-leaves no half-written report. JSON is written with ``allow_nan=False``: a
-NaN can never appear as a number.
+leaves no half-written report; ``dpo eval``'s folder is replaced whole, so a
+re-run into an earlier report folder (which ``check_output`` allowed: empty,
+or marked as ours) leaves none of the earlier run's files (an old
+``generations.jsonl``) beside the new ones. JSON is written with
+``allow_nan=False``: a NaN can never appear as a number.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from dpo_plugins.atomic import atomic_file, discard, mark, publish, staging_folder
+from dpo_plugins.atomic import atomic_file, check_output, discard, mark, publish, staging_folder
 
 MARGIN_PLOT = "margin_histogram.png"
 WINRATE_PLOT = "win_rate.png"
@@ -27,21 +31,26 @@ def publish_report(report_dir, render: Callable[[Path], None], command: Optional
     """The one way a report is written: ``render(folder)`` fills a staging folder beside ``report_dir``,
     then each file moves into ``report_dir`` (created if missing); return their paths.
 
-    A failure while rendering leaves ``report_dir`` as it was. ``command``
-    marks the folder as that command's output (``dpo eval`` owns its report
-    folder; the demo and ``dpo anneal`` write into a folder they own already).
+    A failure while rendering leaves ``report_dir`` as it was. With
+    ``command`` the folder is that command's own output (``dpo eval``'s
+    report): it is checked by the output-safety rule, marked, and replaced
+    whole, so no earlier run's file (an old ``generations.jsonl``) stays
+    beside this run's. Without, the files join a folder the caller owns
+    already (the demo's and ``dpo anneal``'s output folders).
     """
-    report_dir = Path(report_dir)
+    report_dir = check_output(report_dir, folder=True) if command else Path(report_dir)
     staging = staging_folder(report_dir)
     try:
         if command:
             mark(staging, command)
         render(staging)
+        written = [report_dir / path.name for path in sorted(staging.iterdir())]
+        if command:
+            publish(staging, report_dir)
+            return written
         report_dir.mkdir(exist_ok=True)
-        written = []
         for path in sorted(staging.iterdir()):
             publish(path, report_dir / path.name)
-            written.append(report_dir / path.name)
         return written
     finally:
         discard(staging)
@@ -141,6 +150,29 @@ def percent(value) -> str:
 
 
 
+def markdown_text(value) -> str:
+    """``value`` as Markdown text that cannot change the document's structure, whatever the data held.
+
+    Control characters (a newline ends a table row) become visible escapes;
+    Markdown's punctuation (``|`` splits a cell, ``#``, ``*``, ``[`` ...) is
+    backslash-escaped, so a subset named ``a | b`` stays one cell.
+    """
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~])", r"\\\1", _visible(value))
+
+
+def markdown_code(value) -> str:
+    """``value`` as an inline code span, fenced by more backticks than it holds, on one line."""
+    text = _visible(value)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
+    return f"{fence}{padded}{fence}"
+
+
+def _visible(value) -> str:
+    """``str(value)`` with control characters as escapes (a newline cannot end a line of the report)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
+
+
 def _num(value, digits=4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -148,8 +180,8 @@ def _num(value, digits=4) -> str:
 def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
     """A short human-readable summary; definitions live in docs/evals.md."""
     lines = ["# dpo eval report", ""]
-    lines += [f"- policy: `{metrics.get('model')}`", f"- reference: `{metrics.get('ref')}`",
-              f"- data: `{metrics.get('data')}`", ""]
+    lines += [f"- policy: {markdown_code(metrics.get('model'))}", f"- reference: {markdown_code(metrics.get('ref'))}",
+              f"- data: {markdown_code(metrics.get('data'))}", ""]
     lines += ["## Reward accuracy", "",
               f"Mode `{metrics.get('reward_mode')}`; a pair counts only if the chosen reward is strictly higher "
               "(ties count as wrong, as RewardBench).", "",
@@ -162,8 +194,9 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[str]) -> str:
               f"| tokenization | {metrics.get('tokenization', 'trl')} |", ""]
     if metrics.get("subsets"):
         lines += ["| subset | pairs | reward accuracy |", "|---|---|---|"]
-        lines += [f"| {name} | {v['n_pairs']} | {percent(v['reward_accuracy'])} |" for name, v in metrics["subsets"].items()]
-        lines += [f"| RewardBench section {name} | | {percent(value)} |"
+        lines += [f"| {markdown_text(name)} | {v['n_pairs']} | {percent(v['reward_accuracy'])} |"
+                  for name, v in metrics["subsets"].items()]
+        lines += [f"| RewardBench section {markdown_text(name)} | | {percent(value)} |"
                   for name, value in (metrics.get("rewardbench_sections") or {}).items()] + [""]
     if metrics.get("win_rate") is not None:
         ci = metrics["win_rate_ci"]

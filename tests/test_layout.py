@@ -23,7 +23,7 @@ SOURCES = {"dpo_plugins": ROOT / "dpo_plugins", "dpo_plugins.adapters": ROOT / "
 # Layers, lowest first: a module may import its own layer and the ones below.
 LAYERS = [
     # formats/files.py and exactjson.py are file I/O every layer may use (evals read judgments files with them)
-    ("base", r"dpo_plugins(\.(errors|specs|records|hookspecs|plugins|params|atomic|console|formats\.files|formats\.exactjson))?"),
+    ("base", r"dpo_plugins(\.(errors|specs|records|hookspecs|plugins|params|atomic|option_checks|console|formats\.files|formats\.exactjson))?"),
     ("adapters", r"dpo_plugins\.adapters(\..+)?"),
     ("evals", r"dpo_plugins\.evals(\..+)?"),
     ("features", r"dpo_plugins\.(formats|workflows|default_plugins)(\..+)?"),

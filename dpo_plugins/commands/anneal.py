@@ -28,7 +28,7 @@ def run(args) -> int:
     from dpo_plugins.workflows.stages import run_stages
 
     plan = load_anneal_plan(args.config)
-    claim_folder(plan.output_dir, "dpo anneal", inputs=[args.config])  # its stages resume from what is there
+    claim_folder(plan.output_dir, "dpo anneal", inputs=plan.inputs)  # its stages resume from what is there
     done = run_stages("anneal", anneal_stages(plan, seed=args.seed), plan.output_dir,
                       config=plan.source.data, force=args.force)
     print(f"report: {done['report']['report']}")

@@ -20,6 +20,7 @@ import logging
 import sys
 
 from ..atomic import check_output
+from ..option_checks import non_negative_int, positive_float, positive_int, probability
 from ..errors import DpoPluginsError
 from ..params import parse_key_values, typed_like
 from ..workflows.convert import read_trl_rows
@@ -44,9 +45,10 @@ def add_arguments(parser) -> None:
                         "0.1.4's run_dpo.py, its own truncation (2048 / prompt 128) replacing --max-length")
     parser.add_argument("--allow-self-reference", action="store_true",
                         help="allow a reference with the same weights as the policy (every log-ratio is 0)")
-    parser.add_argument("--max-length", type=int, default=1024, help="TRL's max_length (default 1024); 0 = none")
+    parser.add_argument("--max-length", type=non_negative_int, default=1024,
+                        help="TRL's max_length (default 1024); 0 = none")
     parser.add_argument("--truncation-mode", choices=("keep_start", "keep_end"), default="keep_start")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--forward", choices=("packed", "plain"), default="packed",
                         help="packed: prefix-shared pairs, no padding (default); plain: two padded rows per pair, "
                         "RewardBench's way (same numbers, slower)")
@@ -62,11 +64,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--baseline", metavar="B", help="baseline model for the win-rate (default: --ref)")
     parser.add_argument("--policy-outputs", metavar="FILE", help="JSONL {prompt, output}: use instead of generating")
     parser.add_argument("--baseline-outputs", metavar="FILE", help="JSONL {prompt, output}: use instead of generating")
-    parser.add_argument("--max-prompts", type=int, help="judge at most this many distinct prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-prompts", type=positive_int, help="judge at most this many distinct prompts")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=positive_float, default=1.0)
+    parser.add_argument("--top-p", type=probability, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -77,7 +79,11 @@ def run(args) -> int:
     from dpo_plugins.formats.rewardbench import subsets_of
 
     show_info_logs("eval")
-    check_output(args.report, folder=True, inputs=[p for p in (args.data, args.judge_check) if p])  # before minutes of scoring
+    from dpo_plugins.adapters.models import model_input_paths
+
+    inputs = [args.data, args.judge_check, args.policy_outputs, args.baseline_outputs,
+              *(path for model in (args.model, args.ref, args.baseline) for path in model_input_paths(model))]
+    check_output(args.report, folder=True, inputs=[path for path in inputs if path])  # before minutes of scoring
     if args.ref is None and (base := adapter_base(args.model)) is not None:
         args.ref = base
         _log.info("%s is a PEFT adapter; its base model %s is the reference", args.model, base)

@@ -16,6 +16,7 @@ import json
 
 from ..errors import DpoPluginsError
 from ..workflows.convert import validate
+from ..option_checks import positive_int
 
 HELP = "check preference data against its format's rules and DPO lint rules"
 
@@ -25,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--from", dest="from_format", metavar="F", help="input format (default: detected)")
     parser.add_argument("--profile", choices=("azure", "openai"), help="also check the rows would pass this service")
     parser.add_argument("--model", metavar="M", help="tokenizer (model path or alias) for the token checks")
-    parser.add_argument("--max-length", type=int, metavar="N", help="TRL max_length for the truncation checks")
+    parser.add_argument("--max-length", type=positive_int, metavar="N", help="TRL max_length for the truncation checks")
     parser.add_argument("--json", action="store_true", help="print a JSON report")
 
 

@@ -29,7 +29,7 @@ import orjson
 
 from ..atomic import discard, mark, publish, staging_folder
 from ..errors import DpoPluginsError
-from ..records import Problem
+from ..records import Problem, format_path
 from . import exactjson
 from .exactjson import strip_bom
 
@@ -89,6 +89,10 @@ def _guarded(path: Path, items: Iterator[Item]) -> Iterator[Item]:
             yield line, item
     except _READ_FAILURES as error:
         raise DpoPluginsError(_unreadable(path, line, error)) from error
+    except MemoryError:
+        where = f"{path}:{line + 1}: $" if line else str(path)
+        raise DpoPluginsError(f"{where}: out of memory while reading it (a line, or a gzip's decompressed data, "
+                              "is too large)") from None
 
 
 def _unreadable(path: Path, last_line: int, error: BaseException) -> str:
@@ -131,14 +135,61 @@ def parse_line(raw: bytes) -> Union[dict, Problem]:
         return Problem("$", "invalid JSON: " + re.sub(r"line 1 column (\d+) \(char \d+\)", r"column \1", str(error)), "json")
     if not isinstance(row, dict):
         return Problem("$", f"each line must be a JSON object, found {type(row).__name__}", "json")
-    return row
+    return _repeated_key(raw, row) or row
+
+
+def _repeated_key(raw: bytes, row: dict) -> Union[Problem, None]:
+    """A key written twice in one object of the row (JSON parsers keep the last one silently), or None."""
+    found = exactjson.duplicate_keys(raw, row)
+    return _repeated_key_problem(found) if found else None
+
+
+def _repeated_key_problem(found: list) -> Problem:
+    path, key = found[0]
+    others = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return Problem(format_path(path + (key,)),
+                   f"duplicate key {key!r}: given twice in one object{others}; JSON readers keep only the last "
+                   "value, so say which one is meant", "json")
+
+
+# A decompressed line is read into memory whole: past this a gzip bomb (a few KB that expand to many GB
+# with no newline) is named with its path and line, before memory runs out.
+MAX_GZIP_LINE = 256 << 20
+
+
+def _lines(handle, path: Path):
+    if not str(path).endswith(".gz"):
+        yield from handle
+        return
+    for number, raw in enumerate(iter(lambda: handle.readline(MAX_GZIP_LINE + 1), b""), start=1):
+        if len(raw) > MAX_GZIP_LINE:
+            raise DpoPluginsError(f"{path}:{number}: $: this line expands to more than {MAX_GZIP_LINE >> 20} MiB "
+                                  "once decompressed: a gzip bomb, or not JSON lines; nothing was read past it")
+        yield raw
+
+
+_UTF16_32 = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+             b"\xfe\xff": "UTF-16"}
+
+
+def check_encoding(path: Path, head: bytes) -> None:
+    """Refuse a file in UTF-16 / UTF-32 (by its byte-order mark, or NUL bytes between ASCII) by name."""
+    found = next((name for mark, name in _UTF16_32.items() if head.startswith(mark)), None)
+    sample = head[:64]
+    if found is None and len(sample) >= 4 and sample.count(0) >= len(sample) // 4:
+        found = "UTF-16 or UTF-32"
+    if found:
+        raise DpoPluginsError(f"{path}: the file is encoded in {found}, not UTF-8: convert it first "
+                              f"(for example `iconv -f {found.split()[0]} -t UTF-8 IN > OUT`)")
 
 
 def _read_jsonl(path: Path) -> Iterator[Item]:
     with _open_binary(path) as handle:
-        for line, raw in enumerate(handle, start=1):
-            if line == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
+        for line, raw in enumerate(_lines(handle, path), start=1):
+            if line == 1:
+                check_encoding(path, raw)
+                if raw.startswith(BOM):
+                    raw = raw[len(BOM):]
             if raw.strip():
                 yield line, parse_line(raw)
 
@@ -146,7 +197,9 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
 def _read_json(path: Path) -> Iterator[Item]:
     """A ``.json`` file: a JSON array of rows, or JSON lines (as ``datasets`` accepts)."""
     with _open_binary(path) as handle:
-        head = strip_bom(handle.read(4096)).lstrip()
+        head = handle.read(4096)
+    check_encoding(path, head)
+    head = strip_bom(head).lstrip()
     if not head.startswith(b"["):
         yield from _read_jsonl(path)
         return
@@ -157,8 +210,14 @@ def _read_json(path: Path) -> Iterator[Item]:
     except orjson.JSONDecodeError:
         yield 1, parse_line(raw)  # the same message a JSONL line would get
         return
+    repeated: dict = {}
+    for path, key in exactjson.duplicate_keys(raw, rows):
+        if path:  # a row's own keys (the array itself has none)
+            repeated.setdefault(path[0], []).append((path[1:], key))
     for index, row in enumerate(rows, start=1):
-        if isinstance(row, dict):
+        if isinstance(row, dict) and index - 1 in repeated:
+            yield index, _repeated_key_problem(repeated[index - 1])
+        elif isinstance(row, dict):
             yield index, row
         else:
             yield index, Problem("$", f"each element must be a JSON object, found {type(row).__name__}", "json")

@@ -56,13 +56,25 @@ def detect(row: dict) -> bool:
     return (isinstance(prompt, str) and "chosen_model" in row) or (isinstance(prompt, list) and bool(prompt))
 
 
+NO_SUBSET = "(no subset)"
+
+
 def subsets_of(path) -> list | None:
-    """Each row's ``subset``, in file order, when every row has a string one; else ``None``."""
+    """Each row's ``subset``, in file order; ``None`` when no row has a string one.
+
+    A row without one (when others have one) is counted under
+    :data:`NO_SUBSET` and the count logged, so the per-subset table neither
+    vanishes nor silently leaves rows out.
+    """
+    import logging
+
     from .files import read_rows
 
-    subsets = []
-    for _, row in read_rows(path):
-        if not isinstance(row, dict) or not isinstance(row.get("subset"), str):
-            return None
-        subsets.append(row["subset"])
-    return subsets
+    subsets = [row.get("subset") if isinstance(row, dict) else None for _, row in read_rows(path)]
+    missing = sum(not isinstance(subset, str) for subset in subsets)
+    if missing == len(subsets):
+        return None
+    if missing:
+        logging.getLogger("dpo_plugins.eval").warning(
+            "%s: %d of %d rows have no subset; they are reported as %r", path, missing, len(subsets), NO_SUBSET)
+    return [subset if isinstance(subset, str) else NO_SUBSET for subset in subsets]

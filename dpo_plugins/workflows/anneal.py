@@ -58,6 +58,14 @@ class AnnealPlan:
     def merged_dir(self) -> Path:
         return self.output_dir / "merged"
 
+    @property
+    def inputs(self) -> List[Any]:
+        """Every file and model the run reads from outside its output folder: no output may touch them."""
+        from dpo_plugins.workflows.merge import merge_inputs
+
+        return [self.source.path, *merge_inputs(self.merge), self.reference_path,
+                self.anneal.get("data"), self.anneal.get("eval_data"), self.eval.get("data")]
+
 
 def load_anneal_plan(path) -> AnnealPlan:
     """Read and validate an anneal configuration; raise listing every problem."""
@@ -165,8 +173,9 @@ class _AnnealChecker(ConfigChecker):
         elif not Path(str(value)).is_file():
             self.problem(path + ("data",), f"no such file: {value}")
         else:
+            identical = None if path != ("anneal",) or section.get("allow_identical_pairs") else "allow_identical_pairs"
             try:
-                read_trl_rows(str(value), section.get("from_format"))
+                read_trl_rows(str(value), section.get("from_format"), identical_pairs=identical)
             except DpoPluginsError as error:
                 for line in str(error).splitlines():
                     self.problem(path + ("data",), line)

@@ -15,16 +15,9 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import yaml
 
 from dpo_plugins.errors import ConfigError
+from dpo_plugins.records import format_path
 
 JsonPath = Tuple[Union[str, int], ...]
-
-
-def format_path(path: Sequence[Union[str, int]]) -> str:
-    """``("models", 1, "model")`` -> ``models[1].model`` (``$`` for the root)."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "$"
 
 
 @dataclass
@@ -74,7 +67,10 @@ def load_yaml(path: Union[str, Path]) -> YamlFile:
         raise ConfigError([f"{path}:{line}: $: invalid YAML: {reason}"]) from error
     lines: Dict[JsonPath, int] = {}
     if node is not None:
-        _record_lines(node, (), lines)
+        repeated: List[str] = []
+        _record_lines(node, (), lines, repeated)
+        if repeated:
+            raise ConfigError([f"{path}:{where}" for where in repeated])
     return YamlFile(path=path, data=data, lines=lines)
 
 
@@ -133,16 +129,28 @@ def _check_budgets(path: Path, text: str) -> None:
                                f"(a YAML alias bomb?); a config is never this big"])
 
 
-def _record_lines(node: yaml.Node, path: JsonPath, lines: Dict[JsonPath, int]) -> None:
+def _record_lines(node: yaml.Node, path: JsonPath, lines: Dict[JsonPath, int], repeated: List[str]) -> None:
+    """Fill ``lines``; add ``LINE: json.path: message`` to ``repeated`` for each key a mapping repeats.
+
+    YAML loaders keep a repeated key's last value silently (``lora: true`` then
+    ``lora: false``), so a repeat is an error, as in JSON rows.
+    """
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        first: Dict[Any, int] = {}
         for key, value in node.value:
             child = path + (key.value,)
-            lines[child] = key.start_mark.line + 1
-            _record_lines(value, child, lines)
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                if key.value in first:
+                    repeated.append(f"{line}: {format_path(child)}: duplicate key {key.value!r} (first given on "
+                                    f"line {first[key.value]}); YAML keeps only the last value, so give it once")
+                first.setdefault(key.value, line)
+            lines[child] = line
+            _record_lines(value, child, lines, repeated)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_lines(item, path + (index,), lines)
+            _record_lines(item, path + (index,), lines, repeated)
 
 
 class ConfigChecker:

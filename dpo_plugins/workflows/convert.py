@@ -234,6 +234,10 @@ def convert(src, dst, from_format=None, to_format=None, skip_invalid=False, bom=
         report.written = writer.count
         if report.error_count and not skip_invalid:
             raise DpoPluginsError(report.error_message() + f"\nnothing written to {dst}")
+        if not writer.count:  # success means something was written; an existing output stays as it was
+            found = report.error_message() + "\n" if report.error_count else ""
+            raise DpoPluginsError(f"{found}{src}: no row to write ({report.rows} read, none valid); "
+                                  f"nothing written to {dst}")
         writer.commit()
     except BaseException:
         if writer is not None:
@@ -290,7 +294,7 @@ def validate(path, from_format=None, profile=None, model=None, max_length=None) 
     return report
 
 
-def read_trl_rows(path, from_format: Optional[str] = None) -> list[dict]:
+def read_trl_rows(path, from_format: Optional[str] = None, *, identical_pairs: Optional[str] = None) -> list[dict]:
     """Read preference data of any registered format as TRL DPO rows.
 
     The one entry point ``dpo train``, ``dpo eval`` and ``dpo anneal`` read
@@ -301,7 +305,10 @@ def read_trl_rows(path, from_format: Optional[str] = None) -> list[dict]:
     ``DPOTrainer`` decodes a string ``tools`` column; a string keeps
     differently shaped schemas out of Arrow's column typing). Other fields
     are dropped. The format is auto-detected when ``from_format`` is None.
-    Raises :class:`DpoPluginsError` listing every bad line.
+    Raises :class:`DpoPluginsError` listing every bad line; with
+    ``identical_pairs`` (the option that allows them, for the message) a pair
+    whose chosen and rejected are identical is a bad line too, as in
+    ``dpo validate``. A file with no row is an error.
     """
     import orjson
 
@@ -310,6 +317,10 @@ def read_trl_rows(path, from_format: Optional[str] = None) -> list[dict]:
     report = Report(str(path))
     rows = []
     for line, _, record in records(path, from_format, report, formats):
+        if identical_pairs and record.chosen == record.rejected:
+            report.add(line, Problem("chosen", f"chosen and rejected are identical: the pair teaches nothing "
+                                               f"({identical_pairs} to use it anyway)", "identical-pair"))
+            continue
         record.implicit_prompt = False
         record.metadata = {}
         record.parallel_tool_calls = None
@@ -324,4 +335,6 @@ def read_trl_rows(path, from_format: Optional[str] = None) -> list[dict]:
         rows.append(row)
     if report.errors:
         raise DpoPluginsError(report.error_message())
+    if not rows:
+        raise DpoPluginsError(f"{path}: no rows: a preference file must hold at least one pair")
     return rows

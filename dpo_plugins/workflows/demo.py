@@ -138,4 +138,7 @@ def split_pairs(pairs: Path, output_dir: Path, train_count: int, heldout_count: 
 
 def fresh_output_dir(path: Path) -> Path:
     """An empty folder marked as the demo's: an earlier demo's results are replaced, nothing else is."""
-    return claim_folder(path, "dpo demo", empty=True)
+    from dpo_plugins.adapters.models import model_input_paths
+
+    inputs = [DATA, *model_input_paths(DemoSettings.model), *model_input_paths(DemoSettings.judge_model)]
+    return claim_folder(path, "dpo demo", inputs=inputs, empty=True)

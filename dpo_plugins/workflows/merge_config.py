@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -61,7 +62,7 @@ def plan_merge(source: YamlFile, data: Any, *, output: Optional[Path] = None, re
     if output is not None:
         try:
             check_output(output, folder=True, force=replace,
-                         inputs=plan.parents.values() if plan else [source.path])
+                         inputs=[source.path, *merge_inputs(plan)])
             if not replace and Path(output).is_dir() and any(Path(output).iterdir()):  # even an earlier merge's
                 raise DpoPluginsError(f"{output} already exists and is not empty (remove it, or use --force)")
         except DpoPluginsError as error:
@@ -69,6 +70,13 @@ def plan_merge(source: YamlFile, data: Any, *, output: Optional[Path] = None, re
     if problems:
         raise ConfigError(problems)
     return plan
+
+
+def merge_inputs(plan: Optional[MergePlan]) -> List[Path]:
+    """Every model directory a merge reads (each parent, an adapter's base included): no output may touch them."""
+    from dpo_plugins.adapters.models import model_input_paths
+
+    return [path for parent in (plan.parents.values() if plan else ()) for path in model_input_paths(str(parent))]
 
 
 def check_merge_section(source: YamlFile, data: Any, prefix: JsonPath = ()) -> Tuple[Optional[MergePlan], List[Tuple[int, str]]]:
@@ -275,6 +283,15 @@ class _MergeChecker(ConfigChecker):
         for name, module in (data.get("modules") or {}).items() if isinstance(data.get("modules"), dict) else ():
             self.parameter_block(_get(module, "parameters"), ("modules", name, "parameters"), info, everywhere)
         self.required_parameters(data, info)
+        self.weights_not_all_zero(data)
+
+    def weights_not_all_zero(self, data: dict) -> None:
+        """Per-model weights that are all 0 normalise to 0/0: every merged tensor would be NaN."""
+        weights = [_get(_get(model, "parameters"), "weight") for model in _list(data.get("models"))]
+        numbers = [w for w in weights if isinstance(w, (int, float)) and not isinstance(w, bool)]
+        if weights and len(numbers) == len(weights) and not any(numbers):
+            self.problem(("models",), "every model's weight is 0: the merge would divide by a zero sum; "
+                                      "give at least one model a non-zero weight")
 
     def parameter_block(self, settings: Any, path: JsonPath, info, allowed_scopes: set) -> None:
         if settings is None:
@@ -297,6 +314,10 @@ class _MergeChecker(ConfigChecker):
                         parameter.validate(value)
                     except ValueError as error:
                         self.problem(value_path, f"bad value {value!r} for {info.name} parameter {name!r}: {error}")
+                        continue
+                    if isinstance(value, float) and not math.isfinite(value):
+                        self.problem(value_path, f"{info.name} parameter {name!r} must be a finite number, "
+                                                 f"not {value!r}")
 
     def required_parameters(self, data: dict, info) -> None:
         top = _keys(data.get("parameters"))

@@ -28,6 +28,7 @@ from dpo_plugins.adapters.distributed import engine_problems, world_size
 from dpo_plugins.atomic import check_output
 from dpo_plugins.errors import ConfigError, DpoPluginsError, did_you_mean
 from dpo_plugins.params import parse_key_values
+from dpo_plugins.option_checks import config_value, training_range_problems
 from dpo_plugins.workflows.config import load_yaml
 
 logger = logging.getLogger("dpo_plugins.train")
@@ -68,6 +69,10 @@ class TrainOptions:
     )
     sft_epochs: float = field(default=1.0, metadata={"help": "epochs of the --sft-first stage"})
     sft_learning_rate: float = field(default=2e-5, metadata={"help": "learning rate of the --sft-first stage"})
+    allow_identical_pairs: bool = field(
+        default=False, metadata={"help": "train on pairs whose chosen and rejected are identical (refused by "
+                                         "default: such a pair teaches nothing, and is usually a data bug)"},
+    )
     trl_forward: bool = field(
         default=False,
         metadata={"help": "use TRL's own two-row forward and its per-step reference instead of the packed, "
@@ -121,6 +126,7 @@ def _argparse_type(spec, default):
 class Settings:
     options: TrainOptions
     dpo: Any  # trl.DPOConfig
+    config_file: Optional[str] = None  # the --config file, an input like the data and the models
 
 
 def build_settings(args, extra: list[str]) -> Settings:
@@ -131,15 +137,25 @@ def build_settings(args, extra: list[str]) -> Settings:
     if source.data is not None and not isinstance(source.data, dict):
         raise ConfigError([source.problem((), "the config must be a mapping of option: value")])
     values = {str(key): value for key, value in (source.data or {}).items()}
-    return settings_from(values, lambda key: source.location((key,)), args, extra)
+    settings = settings_from(values, lambda key: source.location((key,)), args, extra)
+    settings.config_file = args.config
+    return settings
 
 
 def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, extra: list[str]) -> Settings:
     """Settings from config ``values`` (``where(key)`` locates a key for messages), flags and ``extra``."""
-    from dpo_plugins.adapters.trl_config import dpo_config_fields, parse_dpo_config
+    from dpo_plugins.adapters.trl_config import dpo_config_types, parse_dpo_config
 
-    dpo_fields = dpo_config_fields()
+    dpo_types = dpo_config_types()
+    dpo_fields = set(dpo_types)
     problems: list[str] = []
+    values = dict(values)
+    for key, value in values.items():  # before anything reads them: `lora: "false"` is not false
+        annotation = OPTION_FIELDS[key].type if key in OPTION_FIELDS else dpo_types.get(key)
+        if key not in HOSTED_NAMES and annotation is not None:
+            values[key], wrong = config_value(value, annotation)
+            if wrong:
+                problems.append(f"{where(key)}: {wrong}")
     options: dict[str, Any] = {}
     dpo_defaults: dict[str, Any] = {}
     hosted: dict[str, Any] = {}
@@ -194,6 +210,17 @@ def settings_from(values: Mapping[str, Any], where: Callable[[str], str], args, 
         train_options = TrainOptions(**options)
     except TypeError as error:
         raise DpoPluginsError(f"invalid options: {error}") from None
+
+    def located(key: str) -> str:
+        """Where the value of ``key`` came from: its flag, else its line in the config file."""
+        flag = "--" + key.replace("_", "-")
+        given = getattr(args, key, None) is not None or any(
+            argument.split("=")[0] in (flag, "--" + key) for argument in extra)
+        return where(key) if key in values and not given else flag
+
+    problems = training_range_problems(train_options, dpo_args, located)
+    if problems:
+        raise DpoPluginsError("\n".join(problems))
     return Settings(train_options, dpo_args)
 
 
@@ -253,8 +280,12 @@ def train(settings: Settings) -> Path:
     from dpo_plugins.adapters.training import run_training
     from dpo_plugins.workflows.convert import read_trl_rows
 
+    from dpo_plugins.adapters.models import model_input_paths
+
     options = settings.options
-    inputs = [path for path in (options.data, options.eval_data) if path]
+    inputs = [settings.config_file, options.data, options.eval_data,
+              *model_input_paths(options.model), *model_input_paths(options.ref_model)]
     # Checked before any work; run_training marks it when training starts (TRL writes checkpoints into it).
     check_output(settings.dpo.output_dir, folder=True, inputs=inputs)
-    return run_training(settings, read_trl_rows)
+    identical = None if options.allow_identical_pairs else "--allow-identical-pairs"
+    return run_training(settings, lambda path, fmt: read_trl_rows(path, fmt, identical_pairs=identical))
