@@ -232,7 +232,11 @@ def test_smollm2_on_hh_pairs_trains_exactly_like_trl(smollm2_dir, tokenizer, tmp
     # Gradients of three tensors per step (all 135M would need GBs); losses and final weights cover the rest.
     keep = lambda name: name in {"model.embed_tokens.weight", "model.layers.15.self_attn.q_proj.weight",
                                  "model.norm.weight"}  # noqa: E731
-    assert_same_training(trainer(DPOTrainer, "stock"), trainer(PluginDPOTrainer, "ours"), keep)
+    # IPO's per-token average of SmolLM2's ~-100 summed log-probs, squared: the packed float32 sums and the
+    # float64 cached reference against TRL's two float32 rows differ by rounding up to 1.4e-5 in the loss and
+    # 1.5e-5 in rewards/margins (measured with transformers 5.25 / torch 2.13; the same on 0f7b596), so 5e-5.
+    tolerance = 5e-5 if loss_type == "ipo" else 1e-5
+    assert_same_training(trainer(DPOTrainer, "stock"), trainer(PluginDPOTrainer, "ours"), keep, tolerance=tolerance)
 
 
 # -- reference-free losses -------------------------------------------------------
