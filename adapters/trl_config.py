@@ -7,6 +7,7 @@ key of the config file; this module is where the workflow meets those classes.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any, Mapping, Sequence
 
@@ -27,8 +28,11 @@ def parse_dpo_config(defaults: Mapping[str, Any], flags: Sequence[str]):
 
     parser = HfArgumentParser(DPOConfig)
     parser.set_defaults(**defaults)
+    parser.exit_on_error = False  # a bad value raises, naming its flag, instead of printing usage and exiting
     try:
         config, unknown = parser.parse_args_into_dataclasses(args=list(flags), return_remaining_strings=True)
+    except argparse.ArgumentError as error:
+        raise DpoPluginsError(f"invalid trainer argument: {error}") from None
     except (ValueError, TypeError) as error:
         raise DpoPluginsError(f"invalid trainer configuration: {error}") from None
     except SystemExit:

@@ -57,6 +57,9 @@ def no_model_load(monkeypatch):
     (["--lora", "--lora-dropout", "1"], "--lora-dropout: must be at least 0 and below 1"),
     (["--sft-first", "--sft-epochs", "0"], "--sft-epochs: must be a number > 0"),
     (["--weight-decay", "nan"], "--weight-decay: must be a number, got nan"),
+    (["--truncation-mode", "bogus"], "argument --truncation_mode/--truncation-mode: invalid choice: 'bogus'"),
+    (["--lr-scheduler-type", "nope"], "argument --lr_scheduler_type/--lr-scheduler-type: invalid choice: 'nope'"),
+    (["--max-steps", "abc"], "argument --max_steps/--max-steps: invalid int value: 'abc'"),
 ])
 def test_train_flags_out_of_range_fail_before_any_model_loads(tmp_path, tiny_model_dir, pairs, capsys,
                                                               no_model_load, flags, message):
