@@ -89,6 +89,40 @@ def test_every_import_of_a_package_module_resolves():
     assert [line for name, path in MODULES.items() for line in _unresolved(name, path)] == []
 
 
+def _top_level_names(path: Path) -> set[str]:
+    """What ``from MODULE import NAME`` can find in a module: its top-level definitions and imports."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def test_every_imported_name_exists_in_its_module():
+    """A name moved to another module leaves no stale ``from MODULE import NAME``, function-level ones included."""
+    stale = []
+    for name, path in MODULES.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if base not in MODULES:
+                continue
+            defined = _top_level_names(MODULES[base])
+            stale += [f"{name}:{node.lineno}: from {base} import {alias.name}" for alias in node.names
+                      if alias.name != "*" and alias.name not in defined and f"{base}.{alias.name}" not in MODULES]
+    assert stale == []
+
+
 def _layer(name: str) -> int:
     return next(rank for rank, (_, pattern) in enumerate(LAYERS) if re.fullmatch(pattern, name))
 

@@ -61,7 +61,7 @@ class AnnealPlan:
     @property
     def inputs(self) -> List[Any]:
         """Every file and model the run reads from outside its output folder: no output may touch them."""
-        from dpo_plugins.workflows.merge import merge_inputs
+        from dpo_plugins.workflows.merge_config import merge_inputs
 
         return [self.source.path, *merge_inputs(self.merge), self.reference_path,
                 self.anneal.get("data"), self.anneal.get("eval_data"), self.eval.get("data")]
