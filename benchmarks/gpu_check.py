@@ -181,7 +181,7 @@ def check_masks(options, model_config, base, tokenizer, rows) -> dict:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
             token = torch.log_softmax(logits, -1).gather(-1, labels[:, 1:].clamp_min(0).unsqueeze(-1)).squeeze(-1)
             two_row = (token * (labels[:, 1:] != -100)).sum(-1)
-        diff = (torch.cat([packed.chosen, packed.rejected]).float() - two_row).abs().max().item()
+        diff = (torch.cat([packed.chosen_logps, packed.rejected_logps]).float() - two_row).abs().max().item()
     return {"device": str(batch["input_ids"].device), "max_abs_logp_diff_fp32": diff,
             "agree": diff <= FP32_LOGP_TOLERANCE}
 
