@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from alpaca_eval import analyze  # a declared test dependency: imported plainly, never skipped
 from hypothesis import given, settings, strategies as st
 
 from dpo_plugins import Judge, hookimpl
@@ -17,7 +18,6 @@ from dpo_plugins.evals.judge_agreement import (annotation_rows, contains_list, e
                                                judge_check, labelled_pairs)
 from dpo_plugins.evals.judging import OrderAnswers, judge_both_orders, judge_orders
 
-analyze = pytest.importorskip("alpaca_eval.analyze")
 logging.getLogger().setLevel(logging.WARNING)  # AlpacaEval logs at INFO
 DEMO_DATA = Path(__file__).parent.parent / "dpo_plugins" / "data" / "demo" / "hh-harmless-azure.jsonl"
 
