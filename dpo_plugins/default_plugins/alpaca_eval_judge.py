@@ -197,9 +197,9 @@ def _use_decoder(pairwise, configs, target, local_model, model, price_per_token,
             single.fn_completions = functools.partial(decoders.endpoint_completions, target=target,
                                                       concurrency=int(concurrency))
         else:
-            from .judges import _causal_lm
+            from .judges import causal_lm
 
-            judge_model, tokenizer = _causal_lm(str(local_model))
+            judge_model, tokenizer = causal_lm(str(local_model))
             parser_kwargs = configs[name].get("completion_parser_kwargs") or {}
             tokens = [parser_kwargs["numerator_token"], *parser_kwargs.get("denominator_tokens", ())] \
                 if "numerator_token" in parser_kwargs else []

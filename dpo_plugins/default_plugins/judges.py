@@ -77,7 +77,8 @@ def _compare(score_a: float, score_b: float, margin: float = 0.0) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _causal_lm(name_or_path: str):
+def causal_lm(name_or_path: str):
+    """A causal LM in eval mode and its tokenizer: the model behind llm-pairwise and alpaca-eval's local_model."""
     from dpo_plugins.adapters.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(name_or_path)
@@ -99,7 +100,7 @@ def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", mode="logprob",
     if mode not in JUDGE_MODES:
         raise DpoPluginsError(f"judge 'llm-pairwise': mode must be one of {', '.join(JUDGE_MODES)}, not {mode!r}")
 
-    judge_model, tokenizer = _causal_lm(str(model))
+    judge_model, tokenizer = causal_lm(str(model))
     letters = []
     for letter in ("A", "B"):
         ids = tokenizer.encode(letter, add_special_tokens=False)
