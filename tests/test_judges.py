@@ -200,15 +200,47 @@ def test_llm_pairwise_logprob_mode_averages_both_orders_into_one_preference(toke
     expected_first = [p_first_better(q, p, b) for q, p, b in zip(PROMPTS, policy, baseline)]
     expected_swapped = [p_first_better(q, b, p) for q, p, b in zip(PROMPTS, policy, baseline)]
     preferences = [(x + 1 - y) / 2 for x, y in zip(expected_first, expected_swapped)]
+    # The judge runs the LM head on the last position only; the full forward here differs by float rounding.
     for row, x, y, preference in zip(rows, expected_first, expected_swapped, preferences):
-        assert row["p_first_better_policy_first"] == pytest.approx(x, abs=1e-9)
-        assert row["p_first_better_baseline_first"] == pytest.approx(y, abs=1e-9)
-        assert row["preference"] == pytest.approx(1 + preference, abs=1e-9)  # AlpacaEval's scale: 1 + P(policy)
+        assert row["p_first_better_policy_first"] == pytest.approx(x, abs=1e-6)
+        assert row["p_first_better_baseline_first"] == pytest.approx(y, abs=1e-6)
+        assert row["preference"] == pytest.approx(1 + preference, abs=1e-6)  # AlpacaEval's scale: 1 + P(policy)
     assert [r["outcome"] for r in rows[:2]] == ["win" if p > 0.5 else "loss" for p in preferences[:2]]
     assert rows[2]["outcome"] == "tie"  # identical outputs: exactly one half, whatever the judge's slot bias
-    assert metrics["win_rate"] == pytest.approx(sum(preferences) / 3, abs=1e-9)  # AlpacaEval's: the mean preference
-    assert metrics["first_position_rate"] == pytest.approx(sum(expected_first + expected_swapped) / 6, abs=1e-9)
+    assert metrics["win_rate"] == pytest.approx(sum(preferences) / 3, abs=1e-6)  # AlpacaEval's: the mean preference
+    assert metrics["first_position_rate"] == pytest.approx(sum(expected_first + expected_swapped) / 6, abs=1e-6)
     assert metrics["ties"] == 1 and metrics["wins"] + metrics["losses"] == 2
+
+
+def test_next_token_logits_runs_the_lm_head_on_the_last_position_only(tokenizer):
+    import torch
+
+    from dpo_plugins.default_plugins.judges import next_token_logits
+
+    model = build_tiny_model(tokenizer, seed=3).eval()
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 20)["input_ids"]
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    head_inputs = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, output: head_inputs.append(args[0].shape[1]))
+    try:
+        logits = next_token_logits(model, ids)
+    finally:
+        hook.remove()
+    assert head_inputs == [1]
+    assert torch.allclose(logits, full, rtol=0, atol=1e-5)  # float rounding only: the product has another shape
+
+    class PlainForward(torch.nn.Module):
+        """A causal LM whose forward predates ``logits_to_keep``: it gets the full forward."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids):
+            return self.inner(input_ids=input_ids)
+
+    assert torch.equal(next_token_logits(PlainForward(model), ids), full)
 
 
 class BrokenJudges:
