@@ -17,7 +17,7 @@ from dpo_plugins.evals.stats import wilson_interval
 
 def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_path, tiny_model_dir, capsys):
     settings = DemoSettings(model=str(tiny_model_dir), judge_model=str(tiny_model_dir), train_pairs=8,
-                            heldout_pairs=6, judged_prompts=2, max_steps=2, batch_size=4, max_length=192,
+                            heldout_pairs=6, judge_check_pairs=4, judged_prompts=2, max_steps=2, batch_size=4, max_length=192,
                             max_new_tokens=4)
     output = fresh_output_dir(tmp_path / "demo")
     metrics = run_demo(output, main, settings)
@@ -77,14 +77,14 @@ def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_pat
     ci = win["win_rate_ci"]
     assert f"{win['discrete_win_rate']:.1%} with ties half (95% CI {ci[0]:.1%}-{ci[1]:.1%})" in summary[2]
     assert win["discrete_win_rate"] == evaluation["discrete_win_rate"]
-    # the judge measured on the held-out pairs' human labels, next to the floors, in the report and the summary
+    # the judge measured on the first held-out pairs' human labels, next to the floors, in the report and the summary
     check = metrics["judge_check"]
     assert check == evaluation["judge_check"] and list(check["annotators"]) == ["llm-pairwise", "longest", "random"]
-    assert check["n_pairs"] == 6 and check["annotators"]["llm-pairwise"]["# parsed"] == 12
+    assert check["n_pairs"] == 4 and check["annotators"]["llm-pairwise"]["# parsed"] == 8
     judge = check["annotators"]["llm-pairwise"]
     low, high = judge["Human agreement 95% CI"]
     assert "## Judge check" in report and "longest (floor)" in report
-    assert f"judge llm-pairwise vs the 6 held-out human labels: human agreement {judge['Human agreement']:.1f}% " \
+    assert f"judge llm-pairwise vs the 4 held-out human labels: human agreement {judge['Human agreement']:.1f}% " \
            f"(95% CI {low:.1f}%-{high:.1f}%); floors: longest" in summary[3]
 
     step_lines = [line for line in console.out.splitlines() if line.startswith("[")]

@@ -127,6 +127,20 @@ def test_bad_data_lists_every_problem_and_writes_nothing(capsys, models, tmp_pat
     assert not report.exists()
 
 
+def test_the_judge_check_can_take_the_first_pairs_only(capsys, models, data, tmp_path):
+    report = tmp_path / "report"
+    code, err = dpo(capsys, "eval", "--model", models["policy"], "--ref", models["ref"], "--data", data, "--report",
+                    report, "--judge-check-max-pairs", "2")
+    assert code == 1 and "--judge-check-max-pairs needs --judge-check" in err and not report.exists()
+    code, err = dpo(capsys, "eval", "--model", models["policy"], "--ref", models["ref"], "--data", data, "--report",
+                    report, "--judge", "longest", "--max-new-tokens", "2", "--no-progress", "--judge-check", data,
+                    "--judge-check-max-pairs", "2")
+    assert code == 0, err
+    check = json.loads((report / "metrics.json").read_text())["judge_check"]
+    longer = [len(row["chosen"][0]["content"]) > len(row["rejected"][0]["content"]) for row in ROWS[:2]]
+    assert check["n_pairs"] == 2 and check["annotators"]["longest"]["Human agreement"] == 100 * sum(longer) / 2
+
+
 def test_policy_as_its_own_reference_is_refused(capsys, models, data, tmp_path):
     report = tmp_path / "report"
     code, err = dpo(capsys, "eval", "--model", models["policy"], "--ref", models["policy"], "--data", data, "--report", report)

@@ -59,6 +59,8 @@ def add_arguments(parser) -> None:
                         help="judge parameter (repeatable); V is parsed as JSON when it can be")
     parser.add_argument("--judge-check", metavar="PAIRS", help="human-labelled pairs (any format; chosen = the human's "
                         "preference) to measure the judge on: its agreement, next to the floors, goes with the win-rate")
+    parser.add_argument("--judge-check-max-pairs", type=positive_int, metavar="N",
+                        help="measure the judge on only the first N pairs of --judge-check")
     parser.add_argument("--no-judge-cache", action="store_true",
                         help="call the judge on every comparison instead of reading/writing cached answers")
     parser.add_argument("--baseline", metavar="B", help="baseline model for the win-rate (default: --ref)")
@@ -89,12 +91,15 @@ def run(args) -> int:
         _log.info("%s is a PEFT adapter; its base model %s is the reference", args.model, base)
     if args.judge is None and (args.baseline or args.policy_outputs or args.baseline_outputs or args.judge_check):
         raise DpoPluginsError("--baseline, --policy-outputs, --baseline-outputs and --judge-check need --judge")
+    if args.judge_check_max_pairs and not args.judge_check:
+        raise DpoPluginsError("--judge-check-max-pairs needs --judge-check")
     judge_params = typed_judge_params(args.judge, args.judge_param)  # before any model loads
     judge_check_pairs = None
     if args.judge_check:
         from dpo_plugins.evals.judge_agreement import labelled_pairs
 
-        judge_check_pairs = labelled_pairs(read_trl_rows(args.judge_check), args.judge_check)
+        judge_check_pairs = labelled_pairs(read_trl_rows(args.judge_check)[: args.judge_check_max_pairs],
+                                           args.judge_check)
     request = EvalRequest(
         model=args.model, ref=args.ref, rows=read_trl_rows(args.data, args.from_format), data=args.data,
         reward_mode=args.reward_mode or ("dpo" if args.ref else "ref-free-sum"),

@@ -30,18 +30,18 @@ class DemoSettings:
 
     The last ``heldout_pairs`` of the 399 shipped pairs are held out (never
     trained on), the first ``train_pairs`` train. 36 steps at lr 2e-5 is the
-    one measured setting whose held-out interval clears 50%; it took the
-    demo ~11.5 minutes on a quiet 2-core CPU, over the 10-minute aim
-    (docs/quickstart.md); measuring the judge on the held-out pairs (200
-    more judge calls) added ~66 s to the eval step: 11 min 14 s end to end
-    with the SmolLM2 build cached.
+    one measured setting whose held-out interval clears 50%. The judge is
+    measured on the first ``judge_check_pairs`` held-out pairs (both orders)
+    and judges ``judged_prompts`` prompts: sized so the demo stays within 10
+    minutes on a 2-core CPU (docs/quickstart.md "A real run").
     """
 
     model: str = "smollm2"
     judge_model: str = "smollm2"
     train_pairs: int = 299
     heldout_pairs: int = 100
-    judged_prompts: int = 8
+    judge_check_pairs: int = 50
+    judged_prompts: int = 4
     lora: bool = False
     max_steps: int = 36
     batch_size: int = 8
@@ -76,12 +76,13 @@ def run_demo(output_dir: Path, run_dpo: Callable[[List[str]], int], settings: De
               "--save-strategy", "no", "--seed", 0, "--output-dir", tuned, progress_bar=True)
     # One eval scores both models: the implicit rewards need the tuned and the base model's log-probs, and
     # each model's own reference-free accuracy (before / after) comes from the same sums.
-    # --judge-check: the judge is measured on the same held-out pairs' human labels, next to the floors.
+    # --judge-check: the judge is measured on the first held-out pairs' human labels, next to the floors.
     steps.run(f"reward accuracy on {s.heldout_pairs} held-out pairs + judged win-rate vs the base model + the "
-              "judge's agreement with their human labels", "eval",
+              f"judge's agreement with {s.judge_check_pairs} of their human labels", "eval",
               "--model", tuned, "--ref", s.model, "--reward-mode", "dpo", "--data", heldout,
               "--max-length", s.max_length, "--no-progress", "--judge", "llm-pairwise",
-              "--judge-param", f"model={s.judge_model}", "--judge-check", heldout, "--max-prompts", s.judged_prompts,
+              "--judge-param", f"model={s.judge_model}", "--judge-check", heldout,
+              "--judge-check-max-pairs", s.judge_check_pairs, "--max-prompts", s.judged_prompts,
               "--max-new-tokens", s.max_new_tokens, "--report", output_dir / "eval")
     from dpo_plugins.workflows.demo_report import write_demo_report
 
