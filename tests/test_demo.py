@@ -17,8 +17,8 @@ from dpo_plugins.evals.stats import wilson_interval
 
 def test_the_demo_pipeline_runs_end_to_end_and_reports_its_steps_numbers(tmp_path, tiny_model_dir, capsys):
     settings = DemoSettings(model=str(tiny_model_dir), judge_model=str(tiny_model_dir), train_pairs=8,
-                            heldout_pairs=6, judge_check_pairs=4, judged_prompts=2, max_steps=2, batch_size=4, max_length=192,
-                            max_new_tokens=4)
+                            heldout_pairs=6, judge_check_pairs=4, judged_prompts=2, max_steps=2, batch_size=4,
+                            max_length=192, max_new_tokens=4)
     output = fresh_output_dir(tmp_path / "demo")
     metrics = run_demo(output, main, settings)
     console = capsys.readouterr()

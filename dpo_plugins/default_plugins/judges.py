@@ -102,8 +102,9 @@ def next_token_logits(model, ids: Sequence[int]):
     import torch
 
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    input_ids = torch.tensor([list(ids)], device=next(model.parameters()).device)
     with torch.no_grad():
-        return model(input_ids=torch.tensor([list(ids)]), **keep).logits[0, -1].float()
+        return model(input_ids=input_ids, **keep).logits[0, -1].float()
 
 
 def llm_pairwise(prompts, outputs_a, outputs_b, model="smollm2", mode="logprob", tie_margin=0.0, **params):
