@@ -32,8 +32,9 @@ class DemoSettings:
     trained on), the first ``train_pairs`` train. 36 steps at lr 2e-5 is the
     one measured setting whose held-out interval clears 50%. The judge is
     measured on the first ``judge_check_pairs`` held-out pairs (both orders)
-    and judges ``judged_prompts`` prompts: sized so the demo stays within 10
-    minutes on a 2-core CPU (docs/quickstart.md "A real run").
+    and judges ``judged_prompts`` prompts, so the eval step stays short: the
+    demo took 8 min 49 s and 11 min 6 s on the same 2-core VM, whose speed
+    drifts; the train step is ~80% of it (docs/quickstart.md "A real run").
     """
 
     model: str = "smollm2"
